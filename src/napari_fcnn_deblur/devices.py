@@ -1,0 +1,42 @@
+"""Choosing the torch device the cascade runs on."""
+
+from __future__ import annotations
+
+import torch
+
+
+def available_devices() -> list[str]:
+    """Devices usable here, best first, e.g. ``["cuda", "cpu"]`` (``"auto"`` not included)."""
+    out = []
+    if torch.cuda.is_available():
+        out.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    out.append("cpu")
+    return out
+
+
+def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+    """``"auto"`` → CUDA, then Apple MPS, then CPU; an explicit device must be available."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available here; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    elif dev.type == "mps":
+        if "mps" not in available_devices():
+            raise ValueError(f"device {device!r} requested but Apple MPS is not available here; use 'auto' or 'cpu'")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
+    return dev
