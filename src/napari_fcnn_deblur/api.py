@@ -249,8 +249,8 @@ def deblur_stages(
 
     The first item (``stage`` 0) is the initial deconvolution; then one item
     per FCNN stage.  Closing the generator (or breaking out of the loop) stops
-    the computation before the next stage.  Arguments are validated before the
-    first item is produced (on the first ``next``).
+    the computation before the next stage.  Arguments are validated when the
+    function is called (a ``ValueError`` is raised before any work is done).
     """
     p = _prepare(image, kernel, noise_level, iterations, device, model)
     return _stage_generator(p)

@@ -33,7 +33,8 @@ def prepare_kernel(kernel, image_shape: tuple[int, int] | None = None) -> np.nda
     k = np.asarray(kernel)
     if k.dtype == bool or not (np.issubdtype(k.dtype, np.number)) or np.iscomplexobj(k):
         raise ValueError(f"the kernel must be a real numeric array, got dtype {k.dtype}")
-    k = np.squeeze(k)
+    while k.ndim > 2 and k.shape[0] == 1:  # e.g. a (1, kh, kw) PSF stack of one plane
+        k = k[0]
     if k.ndim != 2:
         raise ValueError(
             f"the kernel must be a 2D array (Y, X), got shape {np.shape(kernel)}; "

@@ -1,0 +1,624 @@
+"""The "FCNN deblur" dock widget: a thin Qt layer over the Qt-free engine.
+
+All pixels are computed by :func:`napari_fcnn_deblur.deblur_stages`, called in a
+napari ``thread_worker`` (a generator worker that yields one item per stage and
+plane), so the GUI thread never runs the cascade.  Results travel back through
+the worker's ``yielded`` signal and become layers on the GUI thread.  Problems a
+user can fix (wrong layer, NaNs, no model...) become napari notifications; the
+widget never raises and never modifies its input layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+
+from . import model_io
+from .api import StageResult, deblur_stages
+from .devices import available_devices
+from .kernel_checks import prepare_kernel
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+logger = logging.getLogger(__name__)
+
+#: Largest kernel side (pixels) the kernel picker offers: real PSFs / motion kernels are far smaller.
+MAX_KERNEL_SIDE = 256
+#: Stage count assumed while no model can be read (the paper's cascade has 3 stages).
+DEFAULT_STAGES = 3
+#: Key of the provenance dict this widget writes into the metadata of the layers it makes.
+META_KEY = "napari_fcnn_deblur"
+
+SHIPPED = "shipped (matched to the noise level)"
+FROM_FILE = "model file"
+CURRENT_PLANE = "current plane (preview)"
+WHOLE_LAYER = "whole layer"
+
+
+# ----------------------------------------------------------------------------- worker side (no Qt, no layers)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything the worker needs, captured on the GUI thread when Run is pressed."""
+
+    source_name: str
+    data: Any  # the source layer's array (numpy, dask, zarr...): only ever read
+    rgb: bool
+    kernel: np.ndarray
+    noise_level: float
+    iterations: int
+    device: str
+    model: Path | None  # None = the shipped cascade for the noise level
+    plane_indices: tuple[tuple[int, ...], ...]  # leading-axis index of each plane to deblur
+    preview: bool
+
+
+@dataclass
+class _StageDone:
+    plane: int  # position in _Job.plane_indices
+    result: StageResult
+
+
+@dataclass
+class _Failed:
+    message: str
+    level: str = "error"  # or "warning"
+
+
+def _plane_words(job: _Job, index: tuple[int, ...]) -> str:
+    return f" (plane {', '.join(map(str, index))})" if index else ""
+
+
+def _plane_problem(plane: np.ndarray, job: _Job, index: tuple[int, ...]) -> _Failed | None:
+    """Input problems worth a biologist-readable message rather than the engine's."""
+    where = _plane_words(job, index)
+    if np.issubdtype(plane.dtype, np.floating) and not np.all(np.isfinite(plane)):
+        return _Failed(
+            f"The image '{job.source_name}'{where} contains pixels that are not numbers (NaN) or are infinite, "
+            "e.g. from a division by zero or a mask. Replace them (for example by 0) and run again."
+        )
+    if len(job.plane_indices) == 1 and plane.size and np.ptp(plane) == 0:
+        value = plane.ravel()[0].item()
+        return _Failed(
+            f"The image '{job.source_name}'{where} is blank (every pixel is {value:g}): there is nothing to deblur.",
+            "warning",
+        )
+    return None
+
+
+def _explain(err: Exception, job: _Job, index: tuple[int, ...]) -> _Failed:
+    """Turn an engine exception into a message for the notification area."""
+    name, where = job.source_name, _plane_words(job, index)
+    if isinstance(err, model_io.ModelNotFoundError):
+        return _Failed(_no_model_message(job.noise_level))
+    if isinstance(err, FileNotFoundError):
+        return _Failed(f"The model file is gone: {err}. Pick it again under 'model file'.")
+    if isinstance(err, ValueError):
+        text = str(err)
+        return _Failed(f"Cannot deblur '{name}'{where}: {text[:1].lower() + text[1:]}.")
+    if isinstance(err, (RuntimeError, MemoryError)) and "memory" in str(err).lower():
+        return _Failed(
+            f"Not enough memory to deblur '{name}'{where} on device '{job.device}'. "
+            "Choose device 'cpu', deblur the current plane only, or crop the image."
+        )
+    logger.exception("FCNN deblur failed on %s%s", name, where)
+    return _Failed(f"Deblurring '{name}'{where} failed unexpectedly ({type(err).__name__}: {err}). Please report this.")
+
+
+def _no_model_message(noise_level: float) -> str:
+    level = model_io.nearest_trained_level(noise_level)
+    return (
+        f"No trained model is installed for {level * 100:g} % noise. Under 'Model', choose '{FROM_FILE}' and pick a "
+        "cascade file (.safetensors, e.g. made with 'fcnn-deblur train'), or reinstall napari-fcnn-deblur."
+    )
+
+
+@thread_worker
+def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
+    """Deblur each plane of ``job`` in turn; one item per finished stage (so quit() stops between stages)."""
+    if not job.preview and isinstance(job.data, np.ndarray) and len(job.plane_indices) > 1:
+        # Why a pre-scan: a NaN found in plane 40 would otherwise leave a half-finished result behind.
+        bad = _plane_problem(job.data, job, ())
+        if bad is not None and bad.level == "error":
+            yield bad
+            return
+    for n, index in enumerate(job.plane_indices):
+        try:
+            plane = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
+            bad = _plane_problem(plane, job, index)
+            if bad is not None:
+                yield bad
+                return
+            for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model):
+                yield _StageDone(n, result)
+        except Exception as err:  # reported as a notification by the GUI thread, never re-raised
+            yield _explain(err, job, index)
+            return
+
+
+# ----------------------------------------------------------------------------- GUI side
+
+
+def _layer_array(layer: Image) -> Any:
+    """Full-resolution data of an Image layer (level 0 of a multiscale pyramid)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def _plane_ndim(layer: Image) -> int:
+    return 3 if layer.rgb else 2
+
+
+def _is_kernel_like(layer: Image) -> bool:
+    """A small image whose extra axes all have length 1: what the kernel picker offers."""
+    shape = tuple(_layer_array(layer).shape)
+    lead, plane = shape[: -_plane_ndim(layer)], shape[-_plane_ndim(layer) :]
+    return all(s == 1 for s in lead) and 0 < max(plane[:2]) <= MAX_KERNEL_SIDE
+
+
+def _kernel_named(layer: Image) -> bool:
+    name = layer.name.lower()
+    return "kernel" in name or "psf" in name
+
+
+def _stage_count(path: Path) -> int | None:
+    """Number of stages of a cascade file, from its header only (None when unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != model_io.FORMAT:
+            return None
+        return int(meta["n_stages"])
+    except Exception:
+        return None
+
+
+@dataclass
+class _RunState:
+    """Bookkeeping of one run, on the GUI thread."""
+
+    job: _Job
+    source_scale: tuple[float, ...]
+    out_translate: tuple[float, ...]
+    contrast_limits: tuple[float, float]
+    colormap: Any
+    out_lead: tuple[int, ...]
+    total: int
+    show_gradients: bool  # captured at Run: toggling the box mid-run must not mix layer sets
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    planes_done: int = 0
+    failed: bool = False
+    aborted: bool = False
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    layers: dict[str, Image] = field(default_factory=dict)
+    final: Image | None = None
+
+
+class DeblurWidget(Container):
+    """Dock widget "FCNN deblur": pick a blurry image and its kernel, press Run.
+
+    Each stage of the cascade adds (or, when run again on the same source,
+    updates) an Image layer ``"<source> stage k"`` — and, with *show
+    gradients*, hidden layers ``"<source> grad x stage k"`` / ``"... grad y ..."``.
+    """
+
+    #: Emitted on the GUI thread when a run ends: "done", "cancelled" or "failed".
+    run_finished = Signal(str)
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        # Why unwrap: napari hands plugins a PublicOnlyProxy; the layer pickers and selection need the real
+        # objects (identity comparisons). Only public API is used below.
+        self.viewer = getattr(viewer, "__wrapped__", viewer)
+        self.image_layer = ComboBox(label="Blurry image", choices=self._image_choices)
+        self.kernel_layer = ComboBox(label="Kernel / PSF", choices=self._kernel_choices)
+        levels = [(f"{lv * 100:g} %", lv) for lv in model_io.TRAINED_NOISE_LEVELS]
+        self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
+        self.iterations = SpinBox(label="Iterations", min=1, max=DEFAULT_STAGES, value=DEFAULT_STAGES)
+        self.device = ComboBox(label="Device", choices=["auto", *available_devices()], value="auto")
+        self.show_gradients = CheckBox(text="show gradients", value=False)
+        self.model_source = ComboBox(label="Model", choices=[SHIPPED, FROM_FILE], value=SHIPPED)
+        self.model_file = FileEdit(label="Model file", mode="r", filter="*.safetensors")
+        self.scope = RadioButtons(label="Deblur", choices=[CURRENT_PLANE, WHOLE_LAYER], value=CURRENT_PLANE)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[
+                self.image_layer,
+                self.kernel_layer,
+                self.noise_level,
+                self.iterations,
+                self.device,
+                self.show_gradients,
+                self.model_source,
+                self.model_file,
+                self.scope,
+                Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                self.progress,
+                self.status,
+            ]
+        )
+        self._worker = None
+        self._run: _RunState | None = None
+        self.image_layer.tooltip = "The image to sharpen. It is never modified: results go to new layers."
+        self.kernel_layer.tooltip = (
+            f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
+            f"{MAX_KERNEL_SIDE} × {MAX_KERNEL_SIDE} pixels)."
+        )
+        self.noise_level.tooltip = "Noise in the blurry image, as a fraction of its intensity range. Picks the model."
+        self.iterations.tooltip = "Number of FCNN stages to run (each one adds a layer)."
+        self.show_gradients.tooltip = "Also add the denoised gradients each stage used (hidden layers)."
+        self.scope.tooltip = "For stacks and time series: only the plane shown now, or every plane."
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.noise_level.changed.connect(self._update_model_info)
+        self.model_source.changed.connect(self._update_model_info)
+        self.model_file.changed.connect(self._update_model_info)
+        self.image_layer.changed.connect(self._update_scope)
+        # Why our own connections: napari only resets choices of docked widgets; this one also works undocked.
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self.reset_choices()
+        self._update_model_info()
+        self._update_scope()
+
+    # ------------------------------------------------------------------ choices and option state
+
+    def _layers_changed(self, event: Any = None) -> None:
+        self.reset_choices()
+
+    def _image_choices(self, widget: Any = None) -> list[tuple[str, Image]]:
+        layers = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image)]
+        # Kernel-looking layers and our own results go last, so the default is the likely blurry image.
+        layers.sort(key=lambda lyr: (META_KEY in lyr.metadata, _is_kernel_like(lyr) and _kernel_named(lyr)))
+        return [(lyr.name, lyr) for lyr in layers]
+
+    def _kernel_choices(self, widget: Any = None) -> list[tuple[str, Image]]:
+        layers = [
+            lyr
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Image) and META_KEY not in lyr.metadata and _is_kernel_like(lyr)
+        ]
+        layers.sort(key=lambda lyr: (not _kernel_named(lyr), max(_layer_array(lyr).shape[-2:])))
+        return [(lyr.name, lyr) for lyr in layers]
+
+    def _model_path(self) -> Path | None:
+        """The cascade file the current options point to (None: no file chosen)."""
+        if self.model_source.value == FROM_FILE:
+            value = self.model_file.value
+            return Path(value) if value is not None and str(value) not in ("", ".") else None
+        return model_io.shipped_model_path(model_io.nearest_trained_level(self.noise_level.value))
+
+    def _update_model_info(self, *_: Any) -> None:
+        self.model_file.visible = self.model_source.value == FROM_FILE
+        path = self._model_path()
+        n = _stage_count(path) if path is not None and path.is_file() else None
+        old_max = self.iterations.max
+        self.iterations.max = n or DEFAULT_STAGES
+        if n and self.iterations.value == old_max:  # "all stages" stays "all stages"
+            self.iterations.value = n
+        if self.running:
+            return
+        if self.model_source.value == SHIPPED and n is None:
+            self.status.value = (
+                f"No trained model installed for {self.noise_level.value * 100:g} % noise: choose a model file."
+            )
+        elif self.model_source.value == FROM_FILE and path is not None and n is None:
+            self.status.value = "That file is not a napari-fcnn-deblur model."
+        else:
+            self.status.value = ""
+
+    def _update_scope(self, *_: Any) -> None:
+        layer = self.image_layer.value
+        self.scope.visible = layer is not None and len(_layer_array(layer).shape) > _plane_ndim(layer)
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def worker(self) -> Any:
+        """The napari GeneratorWorker of the run in progress (None when idle)."""
+        return self._worker
+
+    # ------------------------------------------------------------------ run / cancel
+
+    def _prepare_job(self) -> _Job | None:
+        """Check the options on the GUI thread (cheap checks only); notify and return None on a problem."""
+        image, kernel = self.image_layer.value, self.kernel_layer.value
+        if image is None:
+            show_warning("Choose the blurry image layer first (open an image, or File ▸ Open Sample ▸ FCNN deblur).")
+            return None
+        if kernel is None:
+            show_warning(
+                "Choose the kernel layer: a small greyscale image of the blur of a single point "
+                "(a PSF or motion kernel), opened like any image."
+            )
+            return None
+        if kernel is image:
+            show_error(f"'{image.name}' is chosen as both the image and the kernel: pick the kernel layer.")
+            return None
+        data = _layer_array(image)
+        shape = tuple(data.shape)
+        if 0 in shape:
+            show_error(
+                f"The image layer '{image.name}' is empty (size {' × '.join(map(str, shape))}): nothing to deblur."
+            )
+            return None
+        if kernel.rgb:
+            show_error(
+                f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
+                "Right-click the layer, choose 'Split RGB', and pick one of the channels as kernel."
+            )
+            return None
+        k = np.squeeze(np.asarray(_layer_array(kernel)))
+        if k.ndim != 2:
+            show_error(
+                f"The kernel layer '{kernel.name}' has {k.ndim} dimensions {k.shape}; the kernel must be one 2D "
+                "image (for a 3D PSF, use its in-focus plane)."
+            )
+            return None
+        plane = shape[-3:-1] if image.rgb else shape[-2:]
+        if k.shape[0] > plane[0] or k.shape[1] > plane[1]:
+            show_error(
+                f"The kernel '{kernel.name}' ({k.shape[0]} × {k.shape[1]} pixels) is larger than the image "
+                f"'{image.name}' ({plane[0]} × {plane[1]} pixels). Check the two layer choices: the kernel is the "
+                "small picture of how one point is blurred."
+            )
+            return None
+        try:
+            prepare_kernel(k, plane)
+        except ValueError as err:
+            text = str(err)
+            show_error(f"The kernel layer '{kernel.name}' cannot be used: {text[:1].lower() + text[1:]}.")
+            return None
+        model: Path | None = None
+        if self.model_source.value == FROM_FILE:
+            model = self._model_path()
+            if model is None or not model.is_file():
+                show_error("Choose a model file (.safetensors) under 'Model file', or switch 'Model' to shipped.")
+                return None
+            if _stage_count(model) is None:
+                show_error(f"'{model.name}' is not a napari-fcnn-deblur model file (a cascade saved as .safetensors).")
+                return None
+        elif not self._model_path().is_file():
+            show_error(_no_model_message(self.noise_level.value))
+            return None
+        lead = shape[: len(shape) - _plane_ndim(image)]
+        preview = bool(lead) and self.scope.value == CURRENT_PLANE
+        if preview:
+            indices: tuple[tuple[int, ...], ...] = (self._current_index(image, lead),)
+        else:
+            indices = tuple(np.ndindex(*lead)) if lead else ((),)
+        return _Job(
+            source_name=image.name,
+            data=data,
+            rgb=bool(image.rgb),
+            kernel=k.astype(np.float32),
+            noise_level=float(self.noise_level.value),
+            iterations=int(min(self.iterations.value, self.iterations.max)),
+            device=str(self.device.value),
+            model=model,
+            plane_indices=indices,
+            preview=preview,
+        )
+
+    def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:
+        """Index of the plane on screen (viewer.dims' world position mapped into the layer's data)."""
+        pos = np.asarray(layer.world_to_data(self.viewer.dims.point))[: len(lead)]
+        return tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(pos, lead, strict=True))
+
+    def run(self, *_: Any) -> None:
+        """Start deblurring in a worker thread (does nothing while a run is going)."""
+        if self.running:
+            return
+        job = self._prepare_job()
+        if job is None:
+            return
+        source: Image = self.image_layer.value
+        lead_n = len(job.plane_indices[0])
+        scale = tuple(float(s) for s in source.scale)
+        translate = [float(t) for t in source.translate]
+        if job.preview:  # a one-plane result sits exactly at its plane of the stack
+            for i, idx in enumerate(job.plane_indices[0]):
+                translate[i] += idx * scale[i]
+        lead_shape = tuple(_layer_array(source).shape[:lead_n])
+        total = len(job.plane_indices) * (job.iterations + 1)
+        self._run = _RunState(
+            job=job,
+            source_scale=scale,
+            out_translate=tuple(translate),
+            contrast_limits=tuple(float(c) for c in source.contrast_limits),
+            colormap=None if source.rgb else source.colormap,
+            out_lead=(1,) * lead_n if job.preview else lead_shape,
+            total=total,
+            show_gradients=bool(self.show_gradients.value),
+        )
+        self.progress.max, self.progress.value = total, 0
+        self.status.value = f"Deblurring '{job.source_name}'…"
+        worker = _deblur_worker(job, _progress={"total": total, "desc": f"FCNN deblur: {job.source_name}"})
+        worker.yielded.connect(self._on_yielded)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.native.destroyed.connect(worker.quit)  # closing the window stops the computation too
+        self._worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        worker.start()
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the run after the stage being computed; finished layers stay."""
+        if self._worker is not None:
+            self._worker.quit()
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling after the current stage…"
+
+    # ------------------------------------------------------------------ results (GUI thread)
+
+    def _on_yielded(self, item: _StageDone | _Failed) -> None:
+        run = self._run
+        if run is None:
+            return
+        if isinstance(item, _Failed):
+            run.failed = True
+            (show_warning if item.level == "warning" else show_error)(item.message)
+            self.status.value = item.message if len(item.message) < 90 else item.message[:87] + "…"
+            return
+        self._show_stage(run, item)
+        run.done += 1
+        self.progress.value = run.done
+        res = item.result
+        if res.stage == res.iterations:
+            run.planes_done += 1
+        n = len(run.job.plane_indices)
+        plane_txt = f"plane {item.plane + 1}/{n}, " if n > 1 else ""
+        self.status.value = f"Deblurring '{run.job.source_name}': {plane_txt}stage {res.stage}/{res.iterations}"
+
+    def _show_stage(self, run: _RunState, item: _StageDone) -> None:
+        res, job = item.result, run.job
+        pos = (0,) * len(run.out_lead) if job.preview else job.plane_indices[item.plane]
+        src, k = job.source_name, res.stage
+        suffix = " (preview)" if job.preview else ""
+        parts: list[tuple[str, str, np.ndarray]] = []
+        if res.grad_x is not None and run.show_gradients:
+            gx, gy = res.grad_x, res.grad_y
+            if job.rgb:  # one signed map per direction: the mean over colour channels
+                gx, gy = gx.mean(axis=-1), gy.mean(axis=-1)
+            parts += [
+                (f"{src} grad x stage {k}{suffix}", "grad x", gx),
+                (f"{src} grad y stage {k}{suffix}", "grad y", gy),
+            ]
+        parts.append((f"{src} stage {k}{suffix}", "image", res.image))
+        for name, role, plane in parts:
+            arr = run.arrays.get(name)
+            first = arr is None
+            if first:
+                arr = run.arrays[name] = np.zeros(run.out_lead + plane.shape, np.float32)
+            arr[pos] = plane
+            if first:
+                run.layers[name] = self._put_layer(run, name, role, k, arr, res)
+            else:
+                run.layers[name].refresh()
+        final = run.layers[parts[-1][0]]
+        if run.final is not final:
+            run.final = final
+            self.viewer.layers.selection.active = final
+
+    def _own_layers(self, source: str, preview: bool) -> list[Image]:
+        return [
+            lyr
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Image)
+            and lyr.metadata.get(META_KEY, {}).get("source") == source
+            and lyr.metadata[META_KEY].get("preview") == preview
+        ]
+
+    def _put_layer(self, run: _RunState, name: str, role: str, stage: int, data: np.ndarray, res: StageResult) -> Image:
+        """Add the layer ``name``, or update the one a previous run made for this source."""
+        job = run.job
+        rgb = job.rgb and role == "image"
+        if role == "image":
+            limits, colormap = run.contrast_limits, run.colormap
+        else:  # signed gradients: symmetric limits, diverging colours, hidden until asked for
+            m = float(np.percentile(np.abs(data), 99.5)) or 1e-6
+            limits, colormap = (-m, m), "PiYG"
+        info = {
+            "source": job.source_name,
+            "role": role,
+            "stage": stage,
+            "preview": job.preview,
+            "plane": job.plane_indices[0] if job.preview else None,
+            "iterations": res.iterations,
+            "noise_level": job.noise_level,
+            "gamma": res.gamma,
+            "model": str(job.model) if job.model else "shipped",
+        }
+        existing = next((lyr for lyr in self._own_layers(job.source_name, job.preview) if lyr.name == name), None)
+        if existing is not None and existing.rgb == rgb and existing.data.ndim == data.ndim:
+            existing.data = data
+            existing.scale, existing.translate = run.source_scale, run.out_translate
+            existing.contrast_limits_range = (min(limits[0], float(data.min())), max(limits[1], float(data.max())))
+            existing.contrast_limits = limits
+            existing.metadata[META_KEY] = info
+            return existing
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "rgb": rgb,
+            "scale": run.source_scale,
+            "translate": run.out_translate,
+            "contrast_limits": limits,
+            "metadata": {META_KEY: info},
+            "visible": role == "image",
+        }
+        if colormap is not None and not rgb:
+            kwargs["colormap"] = colormap
+        layer = Image(data, **kwargs)
+        if existing is not None:  # shape changed (e.g. grey → RGB source): replace in place
+            index = self.viewer.layers.index(existing)
+            layer.visible = existing.visible
+            self.viewer.layers.remove(existing)
+            self.viewer.layers.insert(index, layer)
+        else:
+            self.viewer.add_layer(layer)
+        return layer
+
+    def _on_aborted(self) -> None:
+        if self._run is not None:
+            self._run.aborted = True
+
+    def _on_finished(self) -> None:
+        run, worker, self._run, self._worker = self._run, self._worker, None, None
+        if worker is not None:
+            try:  # why: the connection would keep the worker, and through it the source array, alive
+                self.native.destroyed.disconnect(worker.quit)
+            except (RuntimeError, TypeError):
+                pass
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if run is None:
+            return
+        elapsed = time.perf_counter() - run.started
+        if run.aborted:
+            n = len(run.job.plane_indices)
+            kept = f"{run.planes_done} of {n} planes are complete" if n > 1 else f"{run.done} finished stage(s) kept"
+            show_info(f"Deblurring '{run.job.source_name}' cancelled: {kept}.")
+            self.status.value = f"Cancelled after {elapsed:.1f} s ({kept})."
+            self.run_finished.emit("cancelled")
+            return
+        if run.failed:
+            self.run_finished.emit("failed")
+            return
+        # A re-run with fewer stages or without gradients: drop our older layers it did not refresh,
+        # so the top layer is always this run's final result.
+        keep = set(map(id, run.layers.values()))
+        for lyr in self._own_layers(run.job.source_name, run.job.preview):
+            if id(lyr) not in keep:
+                self.viewer.layers.remove(lyr)
+        if run.final is not None:
+            self.viewer.layers.selection.active = run.final
+            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'."
+        self.run_finished.emit("done")

@@ -1,0 +1,82 @@
+"""Shared fixtures: cascades with known weights, synthetic blurred cases, the shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_fcnn_deblur.cascade import Cascade
+from napari_fcnn_deblur.sample_images import blur_valid
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "reference" / "fcnn-cvpr17-official"
+
+
+def soft_threshold_cascade(n_stages: int = 3, thresholds=(0.02, 0.01, 0.005), gammas=(200.0, 60.0, 20.0, 5.0)) -> Cascade:
+    """A cascade with hand-set weights: each FCNN is an exact soft-thresholding of the gradient.
+
+    Layer 1 splits g into relu(g - t) and relu(-g - t); the middle layers pass
+    both channels through (ReLU of non-negative values is the identity); the
+    last layer returns their difference = sign(g) max(|g| - t, 0).  A simple,
+    known sparse-gradient denoiser, for tests only (never shipped).
+    """
+    c = Cascade(n_stages, gammas=list(gammas[: n_stages + 1]), noise_level=0.01, metadata={"kind": "test"})
+    with torch.no_grad():
+        for s, den in enumerate(c.denoisers):
+            convs = den.convs
+            for conv in convs:
+                conv.weight.zero_()
+                conv.bias.zero_()
+            t = thresholds[s]
+            k0 = convs[0].kernel_size[0] // 2
+            convs[0].weight[0, 0, k0, k0] = 1.0
+            convs[0].weight[1, 0, k0, k0] = -1.0
+            convs[0].bias[:2] = -t
+            for conv in convs[1:-1]:
+                conv.weight[0, 0, 1, 1] = 1.0
+                conv.weight[1, 1, 1, 1] = 1.0
+            convs[-1].weight[0, 0, 1, 1] = 1.0
+            convs[-1].weight[0, 1, 1, 1] = -1.0
+    return c.eval()
+
+
+@pytest.fixture(scope="session")
+def known_cascade() -> Cascade:
+    return soft_threshold_cascade()
+
+
+@pytest.fixture(scope="session")
+def known_model_file(tmp_path_factory, known_cascade) -> Path:
+    from napari_fcnn_deblur.model_io import save_cascade
+
+    return save_cascade(known_cascade, tmp_path_factory.mktemp("model") / "test_cascade.safetensors")
+
+
+def line_kernel(length: int = 9, angle_deg: float = 30.0) -> np.ndarray:
+    """Small odd-sized linear motion kernel, sum 1."""
+    size = length if length % 2 else length + 1
+    k = np.zeros((size, size))
+    c = size // 2
+    for t in np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length):
+        y = int(round(c + t * np.sin(np.deg2rad(angle_deg))))
+        x = int(round(c + t * np.cos(np.deg2rad(angle_deg))))
+        k[y, x] = 1
+    return (k / k.sum()).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def camera_case():
+    """(blurry, kernel, sharp) from a 160×160 crop of skimage's camera, 1 % noise, valid blur."""
+    from skimage import data
+
+    sharp = data.camera()[80:256, 180:356].astype(np.float32) / 255
+    k = line_kernel(11, 30.0)
+    blurry, gt = blur_valid(sharp, k, 0.01, seed=1)
+    return blurry, k, gt
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))

@@ -1,0 +1,406 @@
+"""The "FCNN deblur" dock widget, headless (pytest-qt + pytest-xvfb + napari's make_napari_viewer).
+
+No trained weights are needed: a deterministic 3-stage test cascade (each FCNN is an exact
+soft-threshold of the gradients, i.e. a sparse-gradient prior) is saved to a file and picked
+through the widget's "model file" option.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Image  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_fcnn_deblur import Cascade, deblur, model_io, save_cascade  # noqa: E402
+from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
+from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER, DeblurWidget  # noqa: E402
+from napari_fcnn_deblur.motion_kernels import random_motion_kernel  # noqa: E402
+from napari_fcnn_deblur.sample_images import blur_valid  # noqa: E402
+
+PLUGIN, WIDGET = "napari-fcnn-deblur", "FCNN deblur"
+
+
+def shrinkage_cascade(n_stages: int = 3, gamma: float = 50.0, threshold: float = 0.03) -> Cascade:
+    """A cascade whose FCNNs compute soft-threshold(g, t) exactly: relu(g - t) - relu(-g - t)."""
+    cascade = Cascade(n_stages, gammas=[gamma] * (n_stages + 1), noise_level=0.01, metadata={"kind": "test"})
+    with torch.no_grad():
+        for den in cascade.denoisers:
+            convs = den.convs
+            for conv in convs:
+                conv.weight.zero_()
+                conv.bias.zero_()
+            c = convs[0].kernel_size[0] // 2
+            convs[0].weight[0, 0, c, c], convs[0].weight[1, 0, c, c] = 1.0, -1.0
+            convs[0].bias[:2] = -threshold
+            for conv in convs[1:-1]:  # carry both half-waves through unchanged (they are >= 0)
+                conv.weight[0, 0, 1, 1] = conv.weight[1, 1, 1, 1] = 1.0
+            convs[-1].weight[0, 0, 1, 1], convs[-1].weight[0, 1, 1, 1] = 1.0, -1.0
+    return cascade.eval()
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    return save_cascade(shrinkage_cascade(3), tmp_path_factory.mktemp("models") / "test_cascade.safetensors")
+
+
+@pytest.fixture(scope="session")
+def case() -> dict[str, np.ndarray]:
+    """A 146 × 146 crop of 'camera' with a 15 × 15 motion blur and 1 % noise, plus its ground truth."""
+    from skimage import data
+
+    sharp = data.camera()[100:260, 180:340].astype(np.float32) / 255
+    kernel = random_motion_kernel(np.random.default_rng(3), 15)
+    blurry, gt = blur_valid(sharp, kernel, 0.01, seed=0)
+    return {"blurry": blurry, "kernel": kernel, "gt": gt}
+
+
+def psnr(a: np.ndarray, gt: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - gt) ** 2)))
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test: list of (severity, message)."""
+    start = len(notification_manager.records)
+
+    def new() -> list[tuple[str, str]]:
+        return [(str(n.severity).lower(), str(n.message)) for n in notification_manager.records[start:]]
+
+    return new
+
+
+def shown(widget: DeblurWidget, part) -> bool:
+    """Whether ``part`` would be visible once the (headless, never shown) window is shown."""
+    return part.native.isVisibleTo(widget.native)
+
+
+def open_widget(viewer, model_file: Path | None) -> DeblurWidget:
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert isinstance(widget, DeblurWidget)
+    if model_file is not None:
+        widget.model_source.value = FROM_FILE
+        widget.model_file.value = model_file
+    return widget
+
+
+def run_and_wait(qtbot, widget: DeblurWidget, timeout: int = 60_000) -> None:
+    widget.run_button.clicked.emit()  # what a click does
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def snapshot(viewer) -> list[tuple[str, int, bytes]]:
+    return [(lyr.name, id(lyr), np.asarray(lyr.data).tobytes()) for lyr in viewer.layers]
+
+
+@pytest.fixture
+def setup(make_napari_viewer, case, model_file):
+    viewer = make_napari_viewer()
+    viewer.add_image(case["blurry"].copy(), name="blurry", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    viewer.add_image(case["kernel"].copy(), name="kernel", colormap="inferno")
+    widget = open_widget(viewer, model_file)
+    return viewer, widget
+
+
+def test_run_adds_stages_in_order_and_sharpens(setup, qtbot, case, notes):
+    viewer, widget = setup
+    assert widget.image_layer.value is viewer.layers["blurry"]
+    assert widget.kernel_layer.value is viewer.layers["kernel"]
+    assert widget.iterations.max == 3 and widget.iterations.value == 3
+    source = viewer.layers["blurry"]
+    limits = tuple(source.contrast_limits)
+
+    run_and_wait(qtbot, widget)
+
+    names = [lyr.name for lyr in viewer.layers]
+    assert names == ["blurry", "kernel"] + [f"blurry stage {k}" for k in range(4)]
+    final = viewer.layers["blurry stage 3"]
+    assert viewer.layers.selection.active is final
+    for k in range(4):
+        out = viewer.layers[f"blurry stage {k}"]
+        assert out.data.shape == case["blurry"].shape and out.data.dtype == np.float32
+        np.testing.assert_allclose(out.scale, (0.5, 0.5))
+        np.testing.assert_allclose(out.translate, (10.0, 20.0))
+        assert tuple(out.contrast_limits) == pytest.approx(limits)
+        assert out.metadata["napari_fcnn_deblur"]["stage"] == k
+    gain = psnr(final.data, case["gt"]) - psnr(case["blurry"], case["gt"])
+    assert gain > 3.0, f"final PSNR gain only {gain:.2f} dB"
+    np.testing.assert_array_equal(source.data, case["blurry"])  # the source is never modified
+    assert widget.progress.value == widget.progress.max == 4
+    assert not [n for n in notes() if n[0] == "error"]
+    # what the widget shows is exactly what the public API computes
+    np.testing.assert_allclose(
+        final.data, deblur(case["blurry"], case["kernel"], 0.01, 3, "cpu", widget.model_file.value), atol=1e-5
+    )
+
+
+def test_gradients_and_rerun_update_layers(setup, qtbot):
+    viewer, widget = setup
+    widget.iterations.value = 2
+    widget.show_gradients.value = True
+    run_and_wait(qtbot, widget)
+    expected = ["blurry stage 0"]
+    for k in (1, 2):
+        expected += [f"blurry grad x stage {k}", f"blurry grad y stage {k}", f"blurry stage {k}"]
+    assert [lyr.name for lyr in viewer.layers][2:] == expected
+    for k in (1, 2):
+        gx = viewer.layers[f"blurry grad x stage {k}"]
+        assert not gx.visible
+        lo, hi = gx.contrast_limits
+        assert lo == pytest.approx(-hi) and hi > 0
+    assert viewer.layers.selection.active is viewer.layers["blurry stage 2"]
+    stage0 = viewer.layers["blurry stage 0"]
+
+    # re-run: the same layers are updated (no "[1]" copies), stale gradient layers go, stage 3 is new
+    widget.iterations.value = 3
+    widget.show_gradients.value = False
+    run_and_wait(qtbot, widget)
+    names = [lyr.name for lyr in viewer.layers]
+    assert names == ["blurry", "kernel", "blurry stage 0", "blurry stage 1", "blurry stage 2", "blurry stage 3"]
+    assert viewer.layers["blurry stage 0"] is stage0
+    assert viewer.layers.selection.active is viewer.layers["blurry stage 3"]
+
+
+def slowed_deblur_stages(delay: float, threads: list[str]):
+    """deblur_stages that waits ``delay`` s before each stage and records the thread computing it."""
+    real = widget_module.deblur_stages
+
+    def wrapper(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        while True:
+            time.sleep(delay)
+            threads.append(threading.current_thread().name)
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+            yield item
+
+    return wrapper
+
+
+def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = setup
+    threads: list[str] = []
+    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.25, threads))
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    try:
+        t0 = time.perf_counter()
+        run_and_wait(qtbot, widget)
+        elapsed = time.perf_counter() - t0
+    finally:
+        timer.stop()
+    assert elapsed > 1.0  # four stages, each at least 0.25 s
+    gaps = np.diff([t0, *ticks])
+    assert len(ticks) >= 0.3 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
+    assert gaps.max() < 0.5, f"GUI thread blocked for {gaps.max():.2f} s"
+    assert threads and threading.main_thread().name not in threads
+    assert "blurry stage 3" in viewer.layers
+
+
+def test_cancel_keeps_finished_layers_then_second_run_works(setup, qtbot, monkeypatch, notes):
+    viewer, widget = setup
+    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.4, []))
+    widget.run_button.clicked.emit()
+    assert widget.running and widget.cancel_button.enabled and not widget.run_button.enabled
+    assert widget.worker.pbar.total == 4  # napari's activity dock shows the same progress
+    qtbot.waitUntil(lambda: "blurry stage 0" in viewer.layers, timeout=30_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    names = [lyr.name for lyr in viewer.layers]
+    assert "blurry stage 0" in names and "blurry stage 3" not in names
+    assert names[:2] == ["blurry", "kernel"]
+    assert names[2:] == [f"blurry stage {k}" for k in range(len(names) - 2)]  # finished stages, in order
+    assert any(sev == "info" and "cancelled" in msg for sev, msg in notes())
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    kept = viewer.layers["blurry stage 0"]
+
+    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.0, []))
+    run_and_wait(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers][2:] == [f"blurry stage {k}" for k in range(4)]
+    assert viewer.layers["blurry stage 0"] is kept
+
+
+def _rgb_kernel(viewer, case):
+    k = case["kernel"] / case["kernel"].max()
+    viewer.add_image(np.stack([k, k, k], axis=-1), name="rgb kernel", rgb=True)
+    return {"kernel": "rgb kernel"}
+
+
+def _big_kernel(viewer, case):
+    viewer.add_image(case["blurry"][:20, :20].copy(), name="small image")
+    viewer.add_image(np.ones((31, 31), np.float32), name="big kernel")
+    return {"image": "small image", "kernel": "big kernel"}
+
+
+def _empty_layer(viewer, case):
+    viewer.add_image(np.zeros((0, 64, 64), np.float32), name="empty", contrast_limits=(0, 1))
+    return {"image": "empty"}
+
+
+def _nan_image(viewer, case):
+    bad = case["blurry"].copy()
+    bad[40:45, 50:52] = np.nan
+    viewer.add_image(bad, name="with holes")
+    return {"image": "with holes"}
+
+
+def _nan_kernel(viewer, case):
+    bad = case["kernel"].copy()
+    bad[0, 0] = np.nan
+    viewer.add_image(bad, name="nan kernel")
+    return {"kernel": "nan kernel"}
+
+
+def _no_model(viewer, case, monkeypatch, tmp_path, widget):
+    monkeypatch.setattr(model_io, "shipped_model_path", lambda level: tmp_path / f"missing_{level}.safetensors")
+    widget.model_source.value = widget_module.SHIPPED
+    return {}
+
+
+def _not_a_model(viewer, case, monkeypatch, tmp_path, widget):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    widget.model_file.value = junk
+    return {}
+
+
+def _blank_image(viewer, case):
+    viewer.add_image(np.zeros((64, 64), np.float32), name="blank")
+    return {"image": "blank"}
+
+
+BAD_INPUTS = {
+    "rgb kernel": (_rgb_kernel, "error", "colour (RGB)"),
+    "kernel larger than image": (_big_kernel, "error", "larger than the image"),
+    "empty layer": (_empty_layer, "error", "empty"),
+    "NaN in image": (_nan_image, "error", "not numbers (NaN)"),
+    "NaN in kernel": (_nan_kernel, "error", "NaN"),
+    "no trained model": (_no_model, "error", "No trained model is installed"),
+    "not a model file": (_not_a_model, "error", "not a napari-fcnn-deblur model"),
+    "blank image": (_blank_image, "warning", "blank"),
+}
+
+
+@pytest.mark.parametrize("case_name", list(BAD_INPUTS))
+def test_bad_input_gives_notification_and_changes_nothing(setup, qtbot, case, notes, monkeypatch, tmp_path, case_name):
+    viewer, widget = setup
+    make, severity, text = BAD_INPUTS[case_name]
+    if make in (_no_model, _not_a_model):
+        picks = make(viewer, case, monkeypatch, tmp_path, widget)
+    else:
+        picks = make(viewer, case)
+    if "image" in picks:
+        widget.image_layer.value = viewer.layers[picks["image"]]
+    if "kernel" in picks:
+        widget.kernel_layer.value = viewer.layers[picks["kernel"]]
+    before = snapshot(viewer)
+
+    run_and_wait(qtbot, widget)  # pytest-qt fails the test on any exception raised in a Qt callback
+
+    found = [msg for sev, msg in notes() if sev == severity]
+    assert any(text in msg for msg in found), f"no {severity} notification with {text!r}: {notes()}"
+    assert snapshot(viewer) == before
+    assert widget.run_button.enabled and not widget.running
+
+
+def test_widget_stays_usable_after_an_error(setup, qtbot, case, notes):
+    viewer, widget = setup
+    viewer.add_image(np.ones((31, 31), np.float32), name="huge kernel")
+    viewer.add_image(case["blurry"][:16, :16].copy(), name="tiny")
+    widget.image_layer.value = viewer.layers["tiny"]
+    widget.kernel_layer.value = viewer.layers["huge kernel"]
+    run_and_wait(qtbot, widget)
+    assert any(sev == "error" for sev, _ in notes())
+    widget.image_layer.value = viewer.layers["blurry"]
+    widget.kernel_layer.value = viewer.layers["kernel"]
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert "blurry stage 1" in viewer.layers
+
+
+def test_pickers_offer_image_layers_and_small_2d_kernels(setup):
+    viewer, widget = setup
+    viewer.add_points(np.zeros((2, 2)), name="points")
+    viewer.add_image(np.zeros((5, 300, 300), np.float32), name="stack")
+    viewer.add_image(np.zeros((300, 300), np.float32), name="big 2d")
+    viewer.add_image(np.zeros((1, 9, 9), np.float32), name="psf 1x9x9")
+    image_names = [lyr.name for lyr in widget.image_layer.choices]
+    kernel_names = [lyr.name for lyr in widget.kernel_layer.choices]
+    assert "points" not in image_names and {"blurry", "stack", "big 2d"} <= set(image_names)
+    assert set(kernel_names) == {"kernel", "psf 1x9x9", "blurry"}  # 146 × 146 is still "small"
+    assert kernel_names[0] in ("kernel", "psf 1x9x9")  # named kernels / PSFs first
+    assert widget.device.choices[0] == "auto" and "cpu" in widget.device.choices
+    assert [c for c in widget.noise_level.choices] == [0.01, 0.03, 0.05]
+
+
+def test_iterations_follow_the_model(setup, tmp_path, monkeypatch):
+    viewer, widget = setup
+    two = save_cascade(shrinkage_cascade(2), tmp_path / "two.safetensors")
+    widget.model_file.value = two
+    assert widget.iterations.max == 2 and widget.iterations.value == 2
+    assert shown(widget, widget.model_file)
+    monkeypatch.setattr(model_io, "shipped_model_path", lambda level: tmp_path / "none.safetensors")
+    widget.model_source.value = widget_module.SHIPPED
+    assert "No trained model" in widget.status.value
+    assert not shown(widget, widget.model_file)
+
+
+def test_stack_current_plane_preview_and_whole_layer(make_napari_viewer, qtbot, case, model_file):
+    viewer = make_napari_viewer()
+    planes = np.stack([case["blurry"][:64, :64], case["blurry"][40:104, 40:104], case["blurry"][80:144, 70:134]])
+    stack = viewer.add_image(planes.copy(), name="stack", scale=(2.0, 1.0, 1.0), translate=(5.0, 0.0, 0.0))
+    viewer.add_image(case["kernel"], name="psf")
+    widget = open_widget(viewer, model_file)
+    assert shown(widget, widget.scope)
+    widget.iterations.value = 1
+    viewer.dims.set_point(0, 5.0 + 2 * 2.0)  # world position of plane 2
+
+    run_and_wait(qtbot, widget)  # default: current plane (preview)
+    preview = viewer.layers["stack stage 1 (preview)"]
+    assert preview.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(preview.translate, (9.0, 0.0, 0.0))
+    expected = deblur(planes[2], case["kernel"], 0.01, 1, "cpu", model_file)
+    np.testing.assert_allclose(preview.data[0], expected, atol=1e-5)
+
+    widget.scope.value = WHOLE_LAYER
+    run_and_wait(qtbot, widget)
+    assert widget.progress.max == 3 * 2 and widget.progress.value == 6
+    whole = viewer.layers["stack stage 1"]
+    assert whole.data.shape == planes.shape
+    np.testing.assert_allclose(whole.translate, stack.translate)
+    np.testing.assert_allclose(whole.data[2], preview.data[0], atol=1e-5)  # the preview predicts the full run
+    assert "stack stage 1 (preview)" in viewer.layers  # previews and full results do not overwrite each other
+    np.testing.assert_array_equal(stack.data, planes)
+
+
+def test_rgb_image(make_napari_viewer, qtbot, case, model_file):
+    viewer = make_napari_viewer()
+    b = case["blurry"][:64, :64]
+    rgb = (np.stack([b, b * 0.8, b * 0.5], axis=-1) * 255).round().astype(np.uint8)
+    viewer.add_image(rgb, name="photo", rgb=True)
+    viewer.add_image(case["kernel"], name="kernel")
+    widget = open_widget(viewer, model_file)
+    widget.iterations.value = 1
+    widget.show_gradients.value = True
+    assert not shown(widget, widget.scope)
+    run_and_wait(qtbot, widget)
+    out = viewer.layers["photo stage 1"]
+    assert out.rgb and out.data.shape == rgb.shape
+    assert viewer.layers["photo grad x stage 1"].data.shape == rgb.shape[:2]
+    assert isinstance(out, Image)
