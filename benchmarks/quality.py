@@ -77,7 +77,11 @@ def odd_kernel(k: np.ndarray) -> np.ndarray:
 def load_named_kernels(folder: Path, max_kernels: int | None) -> list[tuple[str, np.ndarray]]:
     from napari_fcnn_deblur.training import load_kernel_folder
 
-    names = [p.stem for p in sorted(Path(folder).iterdir()) if p.suffix == ".npy" or p.suffix.lower() in {".png", ".tif", ".tiff"}]
+    names = [
+        p.stem
+        for p in sorted(Path(folder).iterdir())
+        if p.suffix == ".npy" or p.suffix.lower() in {".png", ".tif", ".tiff"}
+    ]
     pairs = list(zip(names, (odd_kernel(k) for k in load_kernel_folder(folder)), strict=True))
     return pairs[:max_kernels] if max_kernels else pairs
 
@@ -203,7 +207,9 @@ class CascadeMethod:
     def warm_up(self) -> None:
         from napari_fcnn_deblur.api import deblur
 
-        deblur(np.full((48, 48), 0.5, np.float32), np.ones((3, 3)) / 9, iterations=self.n, device="cpu", model=self.cascade)
+        deblur(
+            np.full((48, 48), 0.5, np.float32), np.ones((3, 3)) / 9, iterations=self.n, device="cpu", model=self.cascade
+        )
 
 
 def timed(fn, *args):
@@ -249,23 +255,52 @@ def replace_section(path: Path, body: str) -> None:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--val", required=True, type=Path, help="folder of sharp evaluation images (e.g. Set12)")
     ap.add_argument("--kernels", required=True, type=Path, help="folder of blur kernels (.npy/.png, e.g. Levin et al.)")
-    ap.add_argument("--reference", type=Path, default=None, help="the authors' release (models/ folder with noise0.0X/)")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file; its '## Quality' section is replaced")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"JSON result cache (default {DEFAULT_CACHE.relative_to(HERE.parent)})")
+    ap.add_argument(
+        "--reference", type=Path, default=None, help="the authors' release (models/ folder with noise0.0X/)"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/benchmarks.md"),
+        help="markdown file; its '## Quality' section is replaced",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"JSON result cache (default {DEFAULT_CACHE.relative_to(HERE.parent)})",
+    )
     ap.add_argument("--levels", type=float, nargs="+", default=[0.01, 0.03, 0.05], help="noise s.d. on [0, 1]")
     ap.add_argument("--max-images", type=int, default=None, help="only the first N images (sorted by name)")
     ap.add_argument("--max-kernels", type=int, default=None, help="only the first N kernels (sorted by name)")
-    ap.add_argument("--model-dir", type=Path, default=None,
-                    help="folder with fcnn_noise0.0X.safetensors to test (default: the shipped models)")
-    ap.add_argument("--tuning-image", default="skimage:astronaut",
-                    help="image for tuning the baselines, not in the evaluation set: a path or skimage:NAME (default skimage:astronaut, grey)")
-    ap.add_argument("--gaussian-sigmas", type=float, nargs="*", default=[1.5, 3.0], help="Gaussian PSF σ (px) of the second table; none to skip")
+    ap.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="folder with fcnn_noise0.0X.safetensors to test (default: the shipped models)",
+    )
+    ap.add_argument(
+        "--tuning-image",
+        default="skimage:astronaut",
+        help="image for tuning the baselines, not in the evaluation set: a path or skimage:NAME (default skimage:astronaut, grey)",
+    )
+    ap.add_argument(
+        "--gaussian-sigmas",
+        type=float,
+        nargs="*",
+        default=[1.5, 3.0],
+        help="Gaussian PSF σ (px) of the second table; none to skip",
+    )
     ap.add_argument("--hl-lambdas", type=float, nargs="+", default=None, help="tuning grid of the hyper-Laplacian λ")
     ap.add_argument("--wiener-balances", type=float, nargs="+", default=None, help="tuning grid of the Wiener balance")
-    ap.add_argument("--rl-iterations", type=int, nargs="+", default=None, help="tuning grid of the Richardson–Lucy iteration count")
+    ap.add_argument(
+        "--rl-iterations", type=int, nargs="+", default=None, help="tuning grid of the Richardson–Lucy iteration count"
+    )
     ap.add_argument("--seed", type=int, default=0, help="noise seed offset")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     return ap.parse_args(argv)
@@ -297,7 +332,9 @@ def main(argv=None) -> int:
     for level in args.levels:
         # ---- cascades
         methods: list[tuple[str, CascadeMethod | str]] = []
-        model_path = (args.model_dir / f"fcnn_noise{level:.2f}.safetensors") if args.model_dir else shipped_model_path(level)
+        model_path = (
+            (args.model_dir / f"fcnn_noise{level:.2f}.safetensors") if args.model_dir else shipped_model_path(level)
+        )
         if model_path.is_file():
             ours = CascadeMethod("ours", f"ours@{file_digest([model_path])}", load_cascade(model_path))
             methods.append(("ours", ours))
@@ -312,8 +349,9 @@ def main(argv=None) -> int:
             if rdir is not None:
                 from napari_fcnn_deblur.matconvnet_import import load_matconvnet_cascade
 
-                released = CascadeMethod("released", f"released@{file_digest(rdir.glob('*.mat'))}",
-                                         load_matconvnet_cascade(rdir))
+                released = CascadeMethod(
+                    "released", f"released@{file_digest(rdir.glob('*.mat'))}", load_matconvnet_cascade(rdir)
+                )
         methods.append(("released", released))
         info[level] = {"model": str(model_path), "methods": methods, "tuning": {}}
         for _, m in methods:
@@ -327,16 +365,28 @@ def main(argv=None) -> int:
             tkey = json.dumps([level, fam, tune_name, [k for k, _ in kernels], args.seed, grids], sort_keys=True)
             tuned = cache.data["tuning"].get(tkey)
             if tuned is None:
-                print(f"[σ={level:g}] tuning the baselines on {tune_name} ({fam}: {len(kernels)} kernels) …", flush=True)
+                print(
+                    f"[σ={level:g}] tuning the baselines on {tune_name} ({fam}: {len(kernels)} kernels) …", flush=True
+                )
                 t0 = time.perf_counter()
-                tuned = bl.tune_baselines(tune_img, [k for _, k in kernels], level, grids["lambdas"], grids["balances"],
-                                          grids["rl_iterations"], seed=args.seed)
+                tuned = bl.tune_baselines(
+                    tune_img,
+                    [k for _, k in kernels],
+                    level,
+                    grids["lambdas"],
+                    grids["balances"],
+                    grids["rl_iterations"],
+                    seed=args.seed,
+                )
                 tuned = json.loads(json.dumps(tuned))  # str keys, as stored
                 cache.data["tuning"][tkey] = tuned
                 cache.dirty = True
                 cache.save()
-                print(f"    λ={tuned['hl_lambda']:g}, balance={tuned['wiener_balance']:g}, "
-                      f"RL iterations={tuned['rl_iterations']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"    λ={tuned['hl_lambda']:g}, balance={tuned['wiener_balance']:g}, "
+                    f"RL iterations={tuned['rl_iterations']} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             info[level]["tuning"][fam] = tuned
             lam, bal, nrl = tuned["hl_lambda"], tuned["wiener_balance"], int(tuned["rl_iterations"])
             baselines = [
@@ -347,8 +397,12 @@ def main(argv=None) -> int:
             # ---- evaluation
             for iname, sharp in images:
                 for kname, k in kernels:
-                    todo_cascades = [m for _, m in methods if isinstance(m, CascadeMethod)
-                                     and any(cache.get(level, key, iname, kname) is None for key in m.keys())]
+                    todo_cascades = [
+                        m
+                        for _, m in methods
+                        if isinstance(m, CascadeMethod)
+                        and any(cache.get(level, key, iname, kname) is None for key in m.keys())
+                    ]
                     todo_base = [(key, fn) for key, fn in baselines if cache.get(level, key, iname, kname) is None]
                     need_input = cache.get(level, "input", iname, kname) is None
                     if not (todo_cascades or todo_base or need_input):
@@ -376,7 +430,9 @@ def _method_rows(level, fam, info):
     """[(row label, cache method key or None, note)] for one level and kernel family."""
     rows = [("Blurry input (no deblurring)", "input", None)]
     for kind, m in info[level]["methods"]:
-        name = "Ours (this package)" if kind == "ours" else "Released cascade (Zhang et al., via load_matconvnet_cascade)"
+        name = (
+            "Ours (this package)" if kind == "ours" else "Released cascade (Zhang et al., via load_matconvnet_cascade)"
+        )
         if isinstance(m, CascadeMethod):
             stages = range(m.n + 1) if fam == "kernels" else [m.n]
             for s in stages:
@@ -419,7 +475,7 @@ def report(args, images, families, cache, info, tune_name, grids) -> str:
         "with a zero row/column at the end, normalised to sum 1. "
         f"{n_img} × {n_k} = {n_img * n_k} blurred images per noise level.",
         "- Blur: *valid* convolution (`sample_images.blur_valid`, no boundary assumption), then i.i.d. Gaussian noise of "
-        f"s.d. σ on the [0, 1] scale, seed `crc32(\"image|kernel|σ\") + {args.seed}` (fixed per case).",
+        f's.d. σ on the [0, 1] scale, seed `crc32("image|kernel|σ") + {args.seed}` (fixed per case).',
         "- Scores: output clipped to [0, 1], compared over the whole output with the matching crop of the sharp image "
         "(offset `kernel.shape // 2`): PSNR and SSIM of `skimage.metrics` with `data_range=1` (SSIM defaults: 7×7 "
         "uniform window). Means over all images × kernels.",
@@ -463,12 +519,18 @@ def report(args, images, families, cache, info, tune_name, grids) -> str:
                         cells += ["—"] * 3
                     else:
                         star = "" if m["n"] == m["of"] else f" ({m['n']}/{m['of']})"
-                        cells += [fmt(m["psnr"], 2) + star, fmt(m["ssim"], 4), fmt(m["sec"], 2) if entry[0] != "input" else ""]
+                        cells += [
+                            fmt(m["psnr"], 2) + star,
+                            fmt(m["ssim"], 4),
+                            fmt(m["sec"], 2) if entry[0] != "input" else "",
+                        ]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
     if "gaussian" in kern:
         gk = kern["gaussian"]
-        out.append(f"### Gaussian PSFs ({', '.join('σ_PSF = ' + n[5:] + ' px' for n, _ in gk)}): {args.val.name}, final stage")
+        out.append(
+            f"### Gaussian PSFs ({', '.join('σ_PSF = ' + n[5:] + ' px' for n, _ in gk)}): {args.val.name}, final stage"
+        )
         out.append("")
         cols = [(lv, kn) for lv in levels for kn, _ in gk]
         out.append("| Method | " + " | ".join(f"σ={lv:g}, PSF {kn[5:]} px: PSNR / SSIM" for lv, kn in cols) + " |")
@@ -494,12 +556,18 @@ def report(args, images, families, cache, info, tune_name, grids) -> str:
     out.append("|---:|---|---:|---:|---:|")
     for lv in levels:
         for fam, t in info[lv]["tuning"].items():
-            out.append(f"| {lv:g} | {args.kernels.name if fam == 'kernels' else 'Gaussian'} | {t['wiener_balance']:g} | {int(t['rl_iterations'])} | {t['hl_lambda']:g} |")
+            out.append(
+                f"| {lv:g} | {args.kernels.name if fam == 'kernels' else 'Gaussian'} | {t['wiener_balance']:g} | {int(t['rl_iterations'])} | {t['hl_lambda']:g} |"
+            )
     out.append("")
     for lv in levels:
         for kind, m in info[lv]["methods"]:
             if kind == "ours":
-                src = f"`{Path(info[lv]['model']).name}` ({m.tag.split('@')[1]})" if isinstance(m, CascadeMethod) else f"not installed (`{info[lv]['model']}`)"
+                src = (
+                    f"`{Path(info[lv]['model']).name}` ({m.tag.split('@')[1]})"
+                    if isinstance(m, CascadeMethod)
+                    else f"not installed (`{info[lv]['model']}`)"
+                )
                 out.append(f"- σ={lv:g}: our cascade {src}.")
     out.append("")
     return "\n".join(out)

@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"model: {model or 'shipped'}")
 
+    from napari._qt import qt_main_window
+
+    qt_main_window.SHOW_QT_WARNING = False  # the PyQt5 deprecation toast would sit on every picture
     viewer = napari.Viewer(show=True, title="napari: FCNN deblur")
     viewer.window._qt_window.resize(1440, 900)
     viewer.open_sample("napari-fcnn-deblur", "motion_blur")
@@ -162,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     widget.show_gradients.value = True
     widget.run()
     wait_for(widget)
-    only_visible(viewer, "blurry fluorescence", "PSF", f"blurry fluorescence stage {n}")
-    viewer.layers[f"blurry fluorescence grad x stage {n}"].visible = True
+    only_visible(viewer, "PSF", f"blurry fluorescence grad x stage {n}")
     viewer.layers.selection.active = viewer.layers[f"blurry fluorescence grad x stage {n}"]
-    viewer.grid.enabled = False
     viewer.reset_view()
     iio.imwrite(out / "gradients.png", viewer.screenshot(canvas_only=False, flash=False))
 

@@ -149,8 +149,14 @@ def test_baselines_validate_arguments(case):
 
 def test_tune_baselines_picks_from_grid():
     sharp = data.moon()[200:296, 200:296].astype(np.float64) / 255.0
-    res = bl.tune_baselines(sharp, [motion_kernel(), gaussian_psf(1.5)], 0.01,
-                            lambdas=(10.0, 1000.0), balances=(1e-3, 1.0), rl_iterations=(1, 10))
+    res = bl.tune_baselines(
+        sharp,
+        [motion_kernel(), gaussian_psf(1.5)],
+        0.01,
+        lambdas=(10.0, 1000.0),
+        balances=(1e-3, 1.0),
+        rl_iterations=(1, 10),
+    )
     assert res["hl_lambda"] in (10.0, 1000.0)
     assert res["wiener_balance"] in (1e-3, 1.0)
     assert res["rl_iterations"] in (1, 10)
@@ -192,10 +198,38 @@ def test_quality_benchmark_smoke(tmp_path):
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\nintro\n\n## Speed\n\nspeed table\n\n## Quality\n\nold\n\n## Scale\n\nscale text\n")
     cache = tmp_path / "cache.json"
-    argv = ["--val", str(val), "--kernels", str(kern), "--reference", str(tmp_path / "no-release"),
-            "--out", str(out), "--cache", str(cache), "--levels", "0.01", "0.03", "--max-kernels", "1",
-            "--model-dir", str(models), "--tuning-image", str(tmp_path / "tune.png"), "--gaussian-sigmas", "1.5",
-            "--hl-lambdas", "500", "2000", "--wiener-balances", "0.01", "--rl-iterations", "5", "--threads", "1"]
+    argv = [
+        "--val",
+        str(val),
+        "--kernels",
+        str(kern),
+        "--reference",
+        str(tmp_path / "no-release"),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--levels",
+        "0.01",
+        "0.03",
+        "--max-kernels",
+        "1",
+        "--model-dir",
+        str(models),
+        "--tuning-image",
+        str(tmp_path / "tune.png"),
+        "--gaussian-sigmas",
+        "1.5",
+        "--hl-lambdas",
+        "500",
+        "2000",
+        "--wiener-balances",
+        "0.01",
+        "--rl-iterations",
+        "5",
+        "--threads",
+        "1",
+    ]
     q = _load_quality_module()
     assert q.main(argv) == 0
     text = out.read_text()

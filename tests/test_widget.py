@@ -207,7 +207,7 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
         timer.stop()
     assert elapsed > 1.0  # four stages, each at least 0.25 s
     gaps = np.diff([t0, *ticks])
-    assert len(ticks) >= 0.3 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
+    assert len(ticks) >= 0.2 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
     assert gaps.max() < 0.5, f"GUI thread blocked for {gaps.max():.2f} s"
     assert threads and threading.main_thread().name not in threads
     assert "blurry stage 3" in viewer.layers
@@ -383,6 +383,7 @@ def test_stack_current_plane_preview_and_whole_layer(make_napari_viewer, qtbot, 
     assert widget.progress.max == 3 * 2 and widget.progress.value == 6
     whole = viewer.layers["stack stage 1"]
     assert whole.data.shape == planes.shape
+    assert viewer.layers.selection.active is whole
     np.testing.assert_allclose(whole.translate, stack.translate)
     np.testing.assert_allclose(whole.data[2], preview.data[0], atol=1e-5)  # the preview predicts the full run
     assert "stack stage 1 (preview)" in viewer.layers  # previews and full results do not overwrite each other

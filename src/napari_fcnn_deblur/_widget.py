@@ -216,7 +216,8 @@ class _RunState:
     aborted: bool = False
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     layers: dict[str, Image] = field(default_factory=dict)
-    final: Image | None = None
+    final: Image | None = None  # image layer of the highest stage so far
+    final_stage: int = -1
 
 
 class DeblurWidget(Container):
@@ -524,10 +525,10 @@ class DeblurWidget(Container):
                 run.layers[name] = self._put_layer(run, name, role, k, arr, res)
             else:
                 run.layers[name].refresh()
-        final = run.layers[parts[-1][0]]
-        if run.final is not final:
-            run.final = final
-            self.viewer.layers.selection.active = final
+        # Select each newer stage as it first appears (not again for later planes: no flicker).
+        if k > run.final_stage:
+            run.final, run.final_stage = run.layers[parts[-1][0]], k
+            self.viewer.layers.selection.active = run.final
 
     def _own_layers(self, source: str, preview: bool) -> list[Image]:
         return [
@@ -618,7 +619,7 @@ class DeblurWidget(Container):
         for lyr in self._own_layers(run.job.source_name, run.job.preview):
             if id(lyr) not in keep:
                 self.viewer.layers.remove(lyr)
-        if run.final is not None:
+        if run.final is not None and run.final in self.viewer.layers:
             self.viewer.layers.selection.active = run.final
             self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'."
         self.run_finished.emit("done")
