@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from .gradient_denoiser import denoise_gradients
 from .intensity import IntensityScaling, intensity_scaling
 from .kernel_checks import prepare_kernel
 from .model_io import get_model
+
+logger = logging.getLogger(__name__)
 
 #: Upper bound on padded pixels processed in one batch of planes (bounds memory: ~1 kB per pixel).
 MAX_BATCH_PIXELS = 2_000_000
@@ -40,6 +43,9 @@ class StageResult:
         Number of stages this run will produce in total.
     gamma : float
         Data weight γ used by this step's deconvolution.
+    noise_level : float
+        Noise s.d. (on the [0, 1] scale) the run used to pick its model: the
+        given ``noise_level``, or the estimate when it was ``"auto"`` (NaN if unknown).
     """
 
     stage: int
@@ -48,6 +54,7 @@ class StageResult:
     grad_y: np.ndarray | None
     iterations: int
     gamma: float
+    noise_level: float = float("nan")
 
 
 @dataclass
@@ -101,13 +108,21 @@ def _check_iterations(iterations, cascade: Cascade) -> int:
     return int(iterations)
 
 
+def _is_auto(noise_level) -> bool:
+    return isinstance(noise_level, str) and noise_level.strip().lower() == "auto"
+
+
 def _check_noise(noise_level) -> float:
     try:
         nl = float(noise_level)
     except (TypeError, ValueError):
-        raise ValueError(f"noise_level must be a number (noise s.d. on the [0, 1] scale), got {noise_level!r}") from None
+        raise ValueError(
+            f"noise_level must be a number (noise s.d. on the [0, 1] scale) or 'auto', got {noise_level!r}"
+        ) from None
     if not (np.isfinite(nl) and 0 <= nl <= 0.5):
-        raise ValueError(f"noise_level must be between 0 and 0.5 (s.d. on the [0, 1] scale, 0.01 = 1 %), got {noise_level!r}")
+        raise ValueError(
+            f"noise_level must be between 0 and 0.5 (s.d. on the [0, 1] scale, 0.01 = 1 %), got {noise_level!r}"
+        )
     return nl
 
 
@@ -135,6 +150,18 @@ class _Prepared:
     iterations: int
     device: torch.device
     original: np.ndarray
+    noise_level: float = float("nan")
+
+
+def resolve_noise_level(image: np.ndarray, noise_level) -> float:
+    """``noise_level`` checked, or estimated from ``image`` (logged) when it is ``"auto"``."""
+    if _is_auto(noise_level):
+        from .noise_estimation import estimate_noise_level
+
+        est = float(np.clip(estimate_noise_level(image), 0.0, 0.5))
+        logger.info("estimated noise level: %.4g (%.2f %% of the [0, 1] range)", est, 100 * est)
+        return est
+    return _check_noise(noise_level)
 
 
 def _prepare(image, kernel, noise_level, iterations, device, model) -> _Prepared:
@@ -142,14 +169,16 @@ def _prepare(image, kernel, noise_level, iterations, device, model) -> _Prepared
     rgb = _is_rgb(a)
     plane_shape = a.shape[:2] if rgb else a.shape[-2:]
     k = prepare_kernel(kernel, plane_shape)
-    nl = _check_noise(noise_level)
+    if not _is_auto(noise_level):
+        _check_noise(noise_level)  # cheap checks before the estimate
     dev = resolve_device(device)
+    nl = resolve_noise_level(a, noise_level)
     cascade = _model_on(get_model(model, nl), dev)
     it = _check_iterations(iterations, cascade)
     layout = _Layout(a.shape, rgb)
     scaling = intensity_scaling(a[..., :3] if rgb else a)
     planes = scaling.forward(layout.to_planes(a))  # a new array: the input is never touched
-    return _Prepared(planes, k, layout, scaling, cascade, it, dev, a)
+    return _Prepared(planes, k, layout, scaling, cascade, it, dev, a, nl)
 
 
 def _chunks(n_planes: int, plane_shape, kernel_shape) -> list[slice]:
@@ -187,13 +216,45 @@ def run_planes(
     return out
 
 
+def run_planes_auto(
+    planes: np.ndarray,
+    kernel: np.ndarray,
+    cascade: Cascade,
+    iterations: int,
+    device: torch.device,
+    tile_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """:func:`run_planes`, or the tiled engine (:mod:`.tiling`) for planes larger than one tile.
+
+    ``tile_size`` None picks it from the free memory (:func:`.tiling.auto_tile_size`).
+    ``progress(n)`` is called after every n finished planes.
+    """
+    from . import tiling
+
+    tile_size = tiling.check_tile_size(tile_size)
+    if tile_size is None:
+        hp, wp = padding_geometry(planes.shape[-2:], kernel.shape).shape
+        tile_size = tiling.auto_tile_size(device, hp * wp)
+    if tiling.needs_tiling(planes.shape[-2:], kernel.shape, tile_size):
+        return tiling.run_planes_tiled(planes, kernel, cascade, iterations, device, tile_size, progress)
+    if progress is None:
+        return run_planes(planes, kernel, cascade, iterations, device)
+    out = np.empty(planes.shape, np.float32)
+    for sl in _chunks(len(planes), planes.shape[-2:], kernel.shape):
+        out[sl] = run_planes(planes[sl], kernel, cascade, iterations, device)
+        progress(sl.stop - sl.start)
+    return out
+
+
 def deblur(
     image,
     kernel,
-    noise_level: float = 0.01,
+    noise_level: "float | str" = 0.01,
     iterations: int = 3,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
+    tile_size: int | None = None,
 ) -> np.ndarray:
     """Remove a known blur from an image with the learned FCNN cascade.
 
@@ -206,19 +267,29 @@ def deblur(
     kernel : array, shape (kh, kw)
         Blur kernel / PSF, at most the image size.  Normalised to sum 1 and
         padded to odd sizes (see :func:`~.kernel_checks.prepare_kernel`).
-    noise_level : float
+    noise_level : float or "auto"
         Gaussian noise s.d. on the [0, 1] scale (0.01 = 1 %).  Picks the
         shipped model nearest to it (absolute difference; ties → the higher).
+        "auto" estimates it (:func:`~.noise_estimation.estimate_noise_level`,
+        reported with ``logging.info``).
     iterations : int
         FCNN stages to run, 0 (initial deconvolution only) to the model's count.
     device : "auto", "cpu", "cuda", "cuda:N" or "mps"
         "auto" picks CUDA, then MPS, then CPU.
     model : path, Cascade or None
         A cascade file (``.safetensors``) or object; None = shipped model.
+        Pass a path when ``image`` is a dask array computed on a cluster.
+    tile_size : int or None
+        Side (pixels) of the tiles the networks run in for planes larger
+        than one tile (see :mod:`.tiling`; same result up to float round-off);
+        None = chosen from the free memory of ``device``.  Planes smaller
+        than a tile run whole, as one batch.
 
     Returns
     -------
     float32 array, same shape as ``image``, in the input's intensity units.
+    A dask array in gives a lazy dask array out (one task per plane, see
+    :mod:`.lazy`).
 
     Raises
     ------
@@ -232,15 +303,27 @@ def deblur(
     .. [1] J. Zhang et al., "Learning Fully Convolutional Networks for
            Iterative Non-blind Deconvolution", CVPR 2017.
     """
+    if _is_dask(image):
+        from .lazy import deblur_lazy
+
+        return deblur_lazy(image, kernel, noise_level, iterations, device, model, tile_size)
+    from .tiling import check_tile_size
+
+    tile_size = check_tile_size(tile_size)  # before any work
     p = _prepare(image, kernel, noise_level, iterations, device, model)
-    result = run_planes(p.planes, p.kernel, p.cascade, p.iterations, p.device)
+    result = run_planes_auto(p.planes, p.kernel, p.cascade, p.iterations, p.device, tile_size)
     return p.layout.from_planes(p.scaling.inverse(result), p.original)
+
+
+def _is_dask(image) -> bool:
+    """A dask array (checked without importing dask)."""
+    return type(image).__module__.split(".")[0] == "dask" and hasattr(image, "dask") and hasattr(image, "chunks")
 
 
 def deblur_stages(
     image,
     kernel,
-    noise_level: float = 0.01,
+    noise_level: "float | str" = 0.01,
     iterations: int = 3,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
@@ -251,6 +334,8 @@ def deblur_stages(
     per FCNN stage.  Closing the generator (or breaking out of the loop) stops
     the computation before the next stage.  Arguments are validated when the
     function is called (a ``ValueError`` is raised before any work is done).
+    ``noise_level="auto"`` estimates the noise; every :class:`StageResult`
+    carries the level used.  Planes are never tiled here.
     """
     p = _prepare(image, kernel, noise_level, iterations, device, model)
     return _stage_generator(p)
@@ -273,7 +358,7 @@ def _stage_generator(p: _Prepared) -> Iterator[StageResult]:
         gy = None if zy is None else p.layout.from_planes(zy * scale)
         if p.layout.rgb and p.layout.shape[-1] == 4 and gx is not None:
             gx, gy = gx[..., :3], gy[..., :3]
-        return StageResult(stage, image, gx, gy, p.iterations, float(gammas[stage]))
+        return StageResult(stage, image, gx, gy, p.iterations, float(gammas[stage]), p.noise_level)
 
     with torch.inference_mode():
         imgs = np.empty(p.planes.shape, np.float32)

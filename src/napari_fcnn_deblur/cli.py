@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+#: Image files a folder run picks up (plus ``.zarr`` folders).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".bmp"}
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -18,12 +24,14 @@ def _read_array(path: Path) -> np.ndarray:
         import tifffile
 
         return tifffile.imread(path)
+    if suffix == ".zarr":
+        return np.asarray(open_zarr_input(path).array[...])
     import imageio.v3 as iio
 
     return np.asarray(iio.imread(path))
 
 
-def _to_output_dtype(result: np.ndarray, dtype: str, like: np.ndarray) -> np.ndarray:
+def _to_output_dtype(result: np.ndarray, dtype: str, like) -> np.ndarray:
     if dtype == "float32":
         return result.astype(np.float32)
     target = like.dtype if dtype == "input" else np.dtype(dtype)
@@ -31,6 +39,16 @@ def _to_output_dtype(result: np.ndarray, dtype: str, like: np.ndarray) -> np.nda
         info = np.iinfo(target)
         return np.clip(np.rint(result), info.min, info.max).astype(target)
     return result.astype(target)
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr"
+
+
+def _tiff_photometric(array: np.ndarray) -> str | None:
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        return None  # tifffile's default: RGB(A), contiguous
+    return "minisblack" if array.ndim >= 3 else None
 
 
 def write_image_atomic(path: Path, array: np.ndarray, overwrite: bool = False) -> None:
@@ -44,7 +62,7 @@ def write_image_atomic(path: Path, array: np.ndarray, overwrite: bool = False) -
         if suffix in {".tif", ".tiff"}:
             import tifffile
 
-            tifffile.imwrite(tmp, array)
+            tifffile.imwrite(tmp, array, photometric=_tiff_photometric(array))
         elif suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)
@@ -62,36 +80,362 @@ def write_image_atomic(path: Path, array: np.ndarray, overwrite: bool = False) -
             tmp.unlink()
 
 
-def _cmd_deblur(args) -> int:
-    from .api import deblur_stages
+# ----------------------------------------------------------------------------- zarr
 
-    image = _read_array(Path(args.image))
+
+@dataclass
+class ZarrInput:
+    """A zarr array to read, and what an output written like it needs (OME-Zarr layout)."""
+
+    array: object  # zarr.Array
+    zarr_format: int
+    array_path: str | None = None  # path of the level-0 array inside an OME-Zarr group
+    group_attrs: dict | None = None  # multiscales metadata for the output (level 0 only)
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{module} is needed for this (zarr files, --scheduler); install it with "
+            "`pip install 'napari-fcnn-deblur[dask]'`"
+        ) from err
+
+
+def open_zarr_input(path: Path) -> ZarrInput:
+    """Open a zarr array or an OME-Zarr image (its full-resolution level) for reading."""
+    zarr = _require("zarr")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    node = zarr.open(str(path), mode="r")
+    fmt = int(node.metadata.zarr_format)
+    if isinstance(node, zarr.Array):
+        return ZarrInput(node, fmt)
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else None
+    multiscales = (ome or attrs).get("multiscales")
+    if multiscales:
+        ms0 = dict(multiscales[0])
+        ds0 = ms0["datasets"][0]
+        ms0["datasets"] = [ds0]
+        if ome:  # OME-Zarr 0.5 (zarr v3); display settings ("omero") do not fit the output
+            out_attrs = {"ome": {**{k: v for k, v in ome.items() if k != "omero"}, "multiscales": [ms0]}}
+        else:  # OME-Zarr 0.4 (zarr v2)
+            out_attrs = {"multiscales": [ms0]}
+        return ZarrInput(node[ds0["path"]], fmt, ds0["path"], out_attrs)
+    arrays = list(node.array_keys())
+    if len(arrays) != 1:
+        raise ValueError(f"{path} is a zarr group with {len(arrays)} arrays and no OME multiscales; pass one array")
+    return ZarrInput(node[arrays[0]], fmt, arrays[0], None)
+
+
+def _partial_zarr(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial.zarr")
+
+
+@contextlib.contextmanager
+def zarr_output_atomic(path: Path, overwrite: bool = False):
+    """Yield a temporary ``.NAME.partial.zarr`` path to write; renamed to ``path`` only on success."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_zarr(path)
+    if tmp.exists():  # left by a killed run
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _output_chunks(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
+    if rgb:
+        return (min(shape[0], 2048), min(shape[1], 2048), shape[2])
+    return (1,) * (len(shape) - 2) + (min(shape[-2], 2048), min(shape[-1], 2048))
+
+
+def create_zarr_output(tmp: Path, shape, dtype, rgb: bool, like: ZarrInput | None = None) -> tuple[str, str | None]:
+    """Create the output array in ``tmp`` (an OME-Zarr group if the input was one); returns (store, array path)."""
+    zarr = _require("zarr")
+    fmt = like.zarr_format if like is not None else 3
+    kwargs = dict(shape=tuple(shape), dtype=np.dtype(dtype), chunks=_output_chunks(tuple(shape), rgb), zarr_format=fmt)
+    if fmt == 2:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    if like is not None and like.group_attrs is not None:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=fmt)
+        root.attrs.update(like.group_attrs)
+        kwargs.pop("zarr_format")  # the group's
+        root.create_array(like.array_path, **kwargs)
+        return str(tmp), like.array_path
+    zarr.create_array(str(tmp), **kwargs)
+    return str(tmp), None
+
+
+def store_zarr_plane(block: np.ndarray, store: str, array_path: str | None, region: tuple) -> int:
+    """Write one block into the output zarr array (runs in a worker with --scheduler)."""
+    import zarr
+
+    arr = zarr.open_array(store, path=array_path or "", mode="r+")
+    arr[region] = block
+    return 1
+
+
+# ----------------------------------------------------------------------------- deblur command
+
+
+def _noise_arg(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _tile_arg(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    return int(text)
+
+
+def _default_dtype(out: Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    return "input" if out.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"} else "float32"
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _progress(args, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="plane", disable=args.quiet, file=sys.stderr, leave=False)
+
+
+def _report_noise(args, noise: float, model) -> None:
+    from .model_io import nearest_trained_level
+
+    msg = f"estimated noise level: {noise:.4g} ({100 * noise:.2f} % of the [0, 1] range)"
+    if model is None:
+        msg += f"; using the model trained for {nearest_trained_level(noise):g}"
+    print(msg, file=sys.stderr)
+
+
+def _check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    for _, out in pairs:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+
+
+def _job_pairs(image: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input, output) files: one pair, or one per image of a folder (IMAGE folder → OUT folder)."""
+    if image.is_dir() and not _is_zarr(image):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"IMAGE {image} is a folder, so OUT must be a folder too ({out} is a file)")
+        files = sorted(
+            p
+            for p in image.iterdir()
+            if not p.name.startswith(".")
+            and ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or (p.is_dir() and _is_zarr(p)))
+        )
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}, .zarr) in {image}")
+        return [(p, out / p.name) for p in files]
+    if not image.exists():
+        raise FileNotFoundError(f"{image} does not exist")
+    return [(image, out)]
+
+
+def _cmd_deblur(args) -> int:
+    image_path, out = Path(args.image), Path(args.output)
     kernel = _read_array(Path(args.kernel)).astype(np.float64)
     if kernel.ndim == 3 and kernel.shape[-1] in (3, 4):
         kernel = kernel[..., :3].mean(-1)
-    out = Path(args.output)
-    dtype = args.dtype or ("input" if out.suffix.lower() in {".png", ".jpg", ".jpeg"} else "float32")
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
-    stage_paths = []
+    pairs = _job_pairs(image_path, out)
+    _check_outputs(pairs, args.overwrite)
     if args.save_stages:
-        for s in range(args.iterations + 1):
-            p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
-            if p.exists() and not args.overwrite:
-                print(f"error: {p} exists; pass --overwrite to replace it", file=sys.stderr)
-                return 2
-            stage_paths.append(p)
+        if len(pairs) != 1 or _is_zarr(image_path) or _is_zarr(out) or args.scheduler:
+            raise ValueError("--save-stages works on a single image file, without zarr or --scheduler")
+        return _deblur_with_stages(args, image_path, out, kernel)
+    client = None
+    if args.scheduler and args.scheduler not in ("threads", "processes", "sync"):
+        distributed = _require("distributed")
+        client = distributed.Client(args.scheduler)
+    try:
+        for src, dst in pairs:
+            if args.scheduler:
+                _deblur_one_lazy(args, src, dst, kernel, client)
+            else:
+                _deblur_one(args, src, dst, kernel)
+            _say(args, f"wrote {dst}")
+    finally:
+        if client is not None:
+            client.close()
+    return 0
+
+
+def _resolve_noise_eager(args, image: np.ndarray) -> float:
+    if args.noise != "auto":
+        return args.noise
+    from .api import resolve_noise_level
+
+    noise = resolve_noise_level(image, "auto")
+    _report_noise(args, noise, args.model)
+    return noise
+
+
+def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
+    """Eager path: the whole input in memory, planes deblurred in order (tiled when large)."""
+    from . import api
+
+    zin = open_zarr_input(src) if _is_zarr(src) else None
+    image = np.asarray(zin.array[...]) if zin is not None else _read_array(src)
+    noise = _resolve_noise_eager(args, image)
+    p = api._prepare(image, kernel, noise, args.iterations, args.device, args.model)
+    bar = _progress(args, len(p.planes), src.name)
+    try:
+        res = api.run_planes_auto(p.planes, p.kernel, p.cascade, p.iterations, p.device, args.tile_size, bar.update)
+    finally:
+        bar.close()
+    result = p.layout.from_planes(p.scaling.inverse(res), p.original)
+    del res
+    dtype = _default_dtype(dst, args.dtype)
+    if _is_zarr(dst):
+        with zarr_output_atomic(dst, args.overwrite) as tmp:
+            zarr = _require("zarr")
+            store, apath = create_zarr_output(
+                tmp, result.shape, _to_output_dtype(result[:0], dtype, image).dtype, p.layout.rgb, zin
+            )
+            arr = zarr.open_array(store, path=apath or "", mode="r+")
+            if p.layout.rgb or result.ndim == 2:
+                write_zarr_block(arr, (slice(None),) * result.ndim, _to_output_dtype(result, dtype, image))
+            else:
+                lead = result.shape[:-2]
+                for idx in np.ndindex(*lead):
+                    write_zarr_block(arr, idx, _to_output_dtype(result[idx], dtype, image))
+    else:
+        write_image_atomic(dst, _to_output_dtype(result, dtype, image), args.overwrite)
+
+
+def write_zarr_block(arr, region, block: np.ndarray) -> None:
+    """Write one plane (or block) into an open zarr array."""
+    arr[region] = block
+
+
+def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> None:
+    """dask path: one task per plane on the chosen scheduler; zarr outputs are written by the tasks."""
+    da = _require("dask.array")
+    dask = _require("dask")
+    from .api import deblur
+    from .lazy import TASK_PREFIX, lazy_intensity_scaling, lazy_noise_level
+
+    zin = open_zarr_input(src) if _is_zarr(src) else None
+    if zin is not None:
+        lazy_in = da.from_zarr(zin.array)
+        like_dtype = zin.array.dtype
+    else:
+        image = _read_array(src)
+        lazy_in = da.from_array(
+            image, chunks=image.shape if image.ndim == 2 else (1,) * (image.ndim - 2) + image.shape[-2:]
+        )
+        like_dtype = image.dtype
+    noise = args.noise
+    if noise == "auto":
+        from .lazy import _is_rgb_shape
+
+        rgb_in = _is_rgb_shape(lazy_in.shape)
+        scaling = lazy_intensity_scaling(lazy_in[..., :3] if rgb_in else lazy_in)
+        noise = float(np.clip(lazy_noise_level(lazy_in, scaling, rgb_in), 0.0, 0.5))
+        _report_noise(args, noise, args.model)
+    result = deblur(lazy_in, kernel, noise, args.iterations, args.device, args.model, args.tile_size)
+    dtype = _default_dtype(dst, args.dtype)
+    target = _to_output_dtype(np.zeros(1, np.float32), dtype, np.zeros(1, like_dtype)).dtype
+    result = result.map_blocks(_to_output_dtype, dtype, np.zeros(0, like_dtype), dtype=target)
+    from .lazy import _is_rgb_shape
+
+    rgb = _is_rgb_shape(result.shape)
+    if rgb:
+        result = result.rechunk((-1, -1, -1))
+    n_planes = int(np.prod(result.numblocks))
+    scheduler = None if client is not None else args.scheduler
+
+    def run(tasks) -> list:
+        bar = _progress(args, n_planes, src.name)
+        try:
+            if client is not None:
+                distributed = _require("distributed")
+                futures = client.compute(tasks)
+                by_key = {f.key: i for i, f in enumerate(futures)}
+                out = [None] * len(futures)
+                for fut in distributed.as_completed(futures):
+                    out[by_key[fut.key]] = fut.result()
+                    bar.update(1)
+                return out
+            from dask.callbacks import Callback
+
+            class _Count(Callback):
+                def _posttask(self, key, result, dsk, state, worker_id):
+                    name = key[0] if isinstance(key, tuple) else key
+                    if str(name).startswith(TASK_PREFIX):
+                        bar.update(1)
+
+            with _Count():
+                return list(dask.compute(*tasks, scheduler=scheduler))
+        finally:
+            bar.close()
+
+    blocks = result.to_delayed()
+    starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
+    if _is_zarr(dst):
+        with zarr_output_atomic(dst, args.overwrite) as tmp:
+            store, apath = create_zarr_output(tmp, result.shape, target, rgb, zin)
+            tasks = []
+            for idx in np.ndindex(*blocks.shape):
+                region = tuple(
+                    slice(int(starts[ax][i]), int(starts[ax][i] + result.chunks[ax][i])) for ax, i in enumerate(idx)
+                )
+                tasks.append(dask.delayed(store_zarr_plane)(blocks[idx], store, apath, region))
+            run(tasks)
+    else:
+        out = np.empty(result.shape, target)
+        idxs = list(np.ndindex(*blocks.shape))
+        for idx, block in zip(idxs, run([blocks[i] for i in idxs]), strict=True):
+            region = tuple(
+                slice(int(starts[ax][i]), int(starts[ax][i] + result.chunks[ax][i])) for ax, i in enumerate(idx)
+            )
+            out[region] = block
+        write_image_atomic(dst, out, args.overwrite)
+
+
+def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -> int:
+    from .api import deblur_stages
+
+    image = _read_array(image_path)
+    dtype = _default_dtype(out, args.dtype)
+    stage_paths = []
+    for s in range(args.iterations + 1):
+        p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
+        if p.exists() and not args.overwrite:
+            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+        stage_paths.append(p)
+    noise = _resolve_noise_eager(args, image)
     last = None
-    for res in deblur_stages(image, kernel, args.noise, args.iterations, args.device, args.model):
-        if not args.quiet:
-            print(f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})", file=sys.stderr)
-        if args.save_stages:
-            write_image_atomic(stage_paths[res.stage], _to_output_dtype(res.image, dtype, image), args.overwrite)
+    for res in deblur_stages(image, kernel, noise, args.iterations, args.device, args.model):
+        _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
+        write_image_atomic(stage_paths[res.stage], _to_output_dtype(res.image, dtype, image), args.overwrite)
         last = res
     write_image_atomic(out, _to_output_dtype(last.image, dtype, image), args.overwrite)
-    if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
+    _say(args, f"wrote {out}")
     return 0
 
 
@@ -149,10 +493,13 @@ def _cmd_train(args) -> int:
     cfg = {"cpu": TrainConfig, "gpu": TrainConfig.gpu, "tiny": TrainConfig.tiny}[args.preset]()
     if args.noise:
         cfg.noise_levels = tuple(args.noise)
+    if args.seed is not None:
+        cfg.seed = args.seed
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    train_all(args.data, args.val, args.val_kernels, args.out, cfg, dev, models_dir=args.install_to)
+    train_all(args.data, args.val, args.val_kernels, args.out, cfg, dev, models_dir=args.install_to,
+              init_dir=args.init_from)
     return 0
 
 
@@ -173,15 +520,44 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fcnn-deblur", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("deblur", help="deblur an image (PNG/TIFF/NPY) with a known kernel")
+    d = sub.add_parser(
+        "deblur",
+        help="deblur an image, a stack, a zarr array or a folder of images with a known kernel",
+        description=(
+            "Deblur IMAGE (PNG/TIFF/NPY file, TIFF stack, zarr or OME-Zarr .zarr, or a folder of these) into OUT "
+            "(a file, a .zarr, or a folder when IMAGE is a folder). Outputs are written under a temporary name "
+            "and renamed when complete."
+        ),
+    )
     d.add_argument("image")
     d.add_argument("--kernel", "-k", required=True, help="kernel/PSF file (PNG/TIFF/NPY)")
-    d.add_argument("--noise", type=float, default=0.01, help="noise s.d. on the [0, 1] scale (default 0.01)")
+    d.add_argument(
+        "--noise",
+        type=_noise_arg,
+        default=0.01,
+        help="noise s.d. on the [0, 1] scale (default 0.01), or 'auto' to estimate (and print) it",
+    )
     d.add_argument("--iterations", type=int, default=3)
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default=None, help="cascade file (.safetensors) instead of the shipped one")
     d.add_argument("-o", "--output", required=True)
-    d.add_argument("--dtype", default=None, help="float32 (default for TIFF/NPY), input, uint8 or uint16")
+    d.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "input", "uint8", "uint16"],
+        help="output type: float32 (default for TIFF/NPY/zarr), input (default for PNG/JPEG), uint8 or uint16",
+    )
+    d.add_argument(
+        "--tile-size",
+        type=_tile_arg,
+        default=None,
+        help="side in pixels of the tiles the networks run in on large planes (default: from free memory)",
+    )
+    d.add_argument(
+        "--scheduler",
+        default=None,
+        help="run through dask: 'threads', 'processes', or the address of a dask.distributed scheduler",
+    )
     d.add_argument("--save-stages", action="store_true", help="also write OUT_stage<k> for every stage")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--quiet", "-q", action="store_true")
@@ -212,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--install-to", default=None, help="copy final models here if they validate higher")
+    t.add_argument("--seed", type=int, default=None, help="data seed (use a new one when continuing a run)")
+    t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")
     t.set_defaults(func=_cmd_train)
 
     ls = sub.add_parser("models", help="list the installed cascades")
@@ -223,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -73,6 +73,10 @@ class TrainConfig:
     val_images: int = 4
     val_kernels: int = 4
     val_size: int = 192
+    # wall-clock budgets (0 = none): after a short warm-up the step count is cut to fit, and the
+    # learning-rate schedule follows the new count (used by the GPU preset)
+    stage_seconds: float = 0.0
+    gamma_seconds: float = 0.0
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
@@ -86,8 +90,9 @@ class TrainConfig:
     def gpu(cls) -> "TrainConfig":
         """Sized for an H100-class GPU: all three cascades in well under 8 minutes."""
         return cls(
-            patch=128, batch=48, steps_first=(4000, 3000, 2500), steps_warm=(2000, 1500, 1500),
-            gamma_steps=200, gamma_batch=32, checkpoint_minutes=1.0, val_images=12, val_kernels=8, val_size=256,
+            patch=128, batch=48, steps_first=(20000, 20000, 20000), steps_warm=(20000, 20000, 20000),
+            gamma_steps=400, gamma_batch=32, checkpoint_minutes=1.0, val_images=6, val_kernels=4, val_size=256,
+            stage_seconds=14.0, gamma_seconds=6.0,
         )
 
 
@@ -151,9 +156,9 @@ class SampleSource:
         self.patch, self.noise, self.jitter = patch, noise, jitter
         self.key = (seed, int.from_bytes(phase.encode()[:8].ljust(8, b"\0"), "little"))
 
-    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Samples start … start+size-1: blurry (N, P, P), kernels (N, 31, 31), sharp (N, P+30, P+30)."""
-        ys, ks, xs = [], [], []
+    def raw(self, start: int, size: int, with_noise: bool = True):
+        """Crops (N, P+30, P+30), kernels (N, 31, 31), noise s.d. (N,) and, if asked, the noise (N, P, P)."""
+        ks, xs, sigmas, noise = [], [], [], []
         big = self.patch + KERNEL_BOX - 1
         for i in range(start, start + size):
             rng = np.random.default_rng([*self.key, i])
@@ -166,38 +171,60 @@ class SampleSource:
                 crop = crop[:, ::-1]
             ks.append(embed_centered(random_motion_kernel(rng), KERNEL_BOX))
             xs.append(np.ascontiguousarray(crop))
-            sigma = self.noise * (1 + self.jitter * rng.uniform(-1, 1))
-            ys.append(rng.normal(0.0, sigma, size=(self.patch, self.patch)).astype(np.float32))
+            sigmas.append(self.noise * (1 + self.jitter * rng.uniform(-1, 1)))
+            if with_noise:
+                noise.append(rng.normal(0.0, sigmas[-1], size=(self.patch, self.patch)).astype(np.float32))
         x = torch.from_numpy(np.stack(xs))
         k = torch.from_numpy(np.stack(ks))
-        y = valid_blur(x, k) + torch.from_numpy(np.stack(ys))
-        return y, k, x
+        sig = torch.tensor(sigmas, dtype=torch.float32)
+        return x, k, sig, (torch.from_numpy(np.stack(noise)) if with_noise else None), start
+
+    def finish(self, raw, device: torch.device | None = None):
+        """Blur (valid) and add noise on ``device``: blurry (N, P, P), kernels (N, 31, 31), sharp crops."""
+        x, k, sig, noise, start = raw
+        if device is not None:
+            x, k, sig = x.to(device, non_blocking=True), k.to(device, non_blocking=True), sig.to(device)
+        if noise is None:  # made on the device (GPU), seeded per batch
+            gen = torch.Generator(device=x.device).manual_seed(hash((self.key, start)) & 0x7FFFFFFF)
+            noise = torch.randn((x.shape[0], self.patch, self.patch), generator=gen, device=x.device) * sig[:, None, None]
+        return valid_blur(x, k) + noise.to(x.device), k, x
+
+    def batch(self, start: int, size: int, device: torch.device | None = None):
+        """Samples start … start+size-1: blurry (N, P, P), kernels (N, 31, 31), sharp (N, P+30, P+30)."""
+        on_cpu = device is None or device.type == "cpu"
+        return self.finish(self.raw(start, size, with_noise=on_cpu), device)
 
 
 class _BatchStream(torch.utils.data.IterableDataset):
-    """Background-process producer of consecutive batches from a :class:`SampleSource`."""
+    """Background-process producer of consecutive batches from a :class:`SampleSource`.
 
-    def __init__(self, source: SampleSource, start: int, batch: int, count: int):
-        self.source, self.start, self.bs, self.count = source, start, batch, count
+    On the CPU a worker builds whole batches; for a GPU the workers only draw
+    crops and kernels, and the blur and the noise are made on the GPU.
+    """
+
+    def __init__(self, source: SampleSource, start: int, batch: int, count: int, full: bool):
+        self.source, self.start, self.bs, self.count, self.full = source, start, batch, count, full
 
     def __iter__(self):
         torch.set_num_threads(1)
-        for j in range(self.count):
-            yield self.source.batch(self.start + j * self.bs, self.bs)
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for j in range(wid, self.count, nw):  # the loader interleaves workers in order: step j gets batch j
+            raw = self.source.raw(self.start + j * self.bs, self.bs, with_noise=self.full)
+            yield self.source.finish(raw) if self.full else raw
 
 
 def batches(source: SampleSource, first_step: int, n_steps: int, batch: int, device: torch.device):
-    """Yield ``n_steps`` batches from step ``first_step`` on; built in a worker process on CPU."""
+    """Yield ``n_steps`` batches from step ``first_step`` on, made in background worker processes."""
     if n_steps <= 0:
         return
-    if device.type == "cpu":
-        ds = _BatchStream(source, first_step * batch, batch, n_steps)
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, prefetch_factor=4)
-        yield from loader
-    else:
-        for j in range(n_steps):
-            y, k, x = source.batch((first_step + j) * batch, batch)
-            yield y.to(device, non_blocking=True), k.to(device), x.to(device)
+    on_cpu = device.type == "cpu"
+    workers = 1 if on_cpu else max(1, min(8, (os.cpu_count() or 2) - 2))
+    ds = _BatchStream(source, first_step * batch, batch, n_steps, full=on_cpu)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                         pin_memory=not on_cpu)
+    for item in loader:
+        yield item if on_cpu else source.finish(item, device)
 
 
 def sharp_gradient_targets(x_big: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,15 +269,26 @@ def train_stage(cascade: Cascade, stage: int, source: SampleSource, steps: int, 
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
+        steps = int(state.get("steps", steps))
         log(f"stage {stage}: resumed at step {step}/{steps}")
 
     def save():
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt.with_suffix(".tmp"))
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "steps": steps},
+                   ckpt.with_suffix(".tmp"))
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
     m = RECEPTIVE_RADIUS
     last_save, t0, run_loss, seen = time.time(), time.time(), 0.0, 0
+    t_start, step0 = time.time(), step
     for y, k, x in batches(source, step, steps - step, cfg.batch, device):
+        if step >= steps:  # the budget cut the step count
+            break
+        if cfg.stage_seconds and step == step0 + 10:
+            t_rate = time.time()  # the first steps pay for start-up and autotuning: not counted
+        if cfg.stage_seconds and step == step0 + 30:
+            rate = 20 / max(time.time() - t_rate, 1e-6)
+            steps = min(steps, step + int(rate * max(cfg.stage_seconds - (time.time() - t_start), 0)))
+            log(f"stage {stage}: {rate:.1f} steps/s, {cfg.stage_seconds:g} s budget → {steps} steps")
         y, k, x = y.to(device), k.to(device), x.to(device)
         problem, xp = stage_inputs(cascade, stage, y, k)
         g = problem.geometry
@@ -292,7 +330,10 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
         with torch.no_grad():
             cascade.log_gammas.copy_(start + math.log(f))
         opt = torch.optim.Adam([cascade.log_gammas], lr=0.05)
+        t0 = time.time()
         for step, (y, k, x) in enumerate(batches(source, 0, cfg.gamma_steps, cfg.gamma_batch, device)):
+            if cfg.gamma_seconds and time.time() - t0 > cfg.gamma_seconds / len(cfg.gamma_inits):
+                break
             y, k, x = y.to(device), k.to(device), x.to(device)
             out = cascade(y, k)
             loss = (out - sharp_target(x, cfg.patch)).abs().mean()
@@ -353,7 +394,7 @@ def validate(cascade: Cascade, cases, device) -> list[float]:
 
 
 def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device: torch.device,
-              models_dir=None, log=print) -> dict:
+              models_dir=None, log=print, init_dir=None) -> dict:
     """Train every level of ``cfg`` into ``out_dir`` (checkpoints, logs) and write final models.
 
     Final cascades go to ``out_dir/fcnn_noise0.0X.safetensors`` and, when
@@ -363,6 +404,10 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":  # TF32 convolutions/matmuls and autotuned kernels: fp32 accuracy is not needed here
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     images = load_image_folder(train_dir)
     val_images = load_image_folder(val_dir)
     val_kernels = load_kernel_folder(kernel_dir)
@@ -390,11 +435,19 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
         else:
             gam = DEFAULT_GAMMAS.get(level, DEFAULT_GAMMAS[0.01])[: cfg.n_stages + 1]
             cascade = Cascade(cfg.n_stages, gammas=gam, noise_level=level).to(device)
+            init = Path(init_dir) / f"fcnn_noise{level:.2f}.safetensors" if init_dir else None
+            if init is not None and init.is_file():  # continue from an earlier run's cascade
+                from .model_io import load_cascade
+
+                cascade = load_cascade(init).to(device)
+                cascade.noise_level = level
+                lg(f"initialised from {init}")
             steps = cfg.steps_first if prev_level_cascade is None else cfg.steps_warm
             t_level = time.time()
             for s in range(1, cfg.n_stages + 1):
                 ckpt = lvl_dir / f"stage{s}.pt"
-                if not ckpt.is_file():  # warm start: same stage of the previous level, else previous stage
+                if not ckpt.is_file() and not (init is not None and init.is_file()):
+                    # warm start: same stage of the previous level, else the previous stage
                     src = prev_level_cascade.denoisers[s - 1] if prev_level_cascade is not None else (
                         cascade.denoisers[s - 2] if s > 1 else None)
                     if src is not None:
