@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import psnr
 
+from conftest import psnr
 from napari_fcnn_deblur import StageResult, deblur, deblur_stages
 from napari_fcnn_deblur.devices import resolve_device
 

@@ -5,8 +5,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from conftest import psnr
 
+from conftest import psnr
 from napari_fcnn_deblur.cli import main
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
-from conftest import line_kernel, psnr
 
+from conftest import line_kernel, psnr
 from napari_fcnn_deblur.fft_deconv import (
     deconvolve,
     gradient_otfs,

@@ -7,8 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE
 
+from conftest import REFERENCE
 from napari_fcnn_deblur import deblur
 from napari_fcnn_deblur.matconvnet_import import load_matconvnet_cascade
 

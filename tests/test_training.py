@@ -84,3 +84,23 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
     train_stage(resumed, 1, src, 45, cfg, ckpt, torch.device("cpu"), logs.append)
     assert any("resumed at step 40/45" in line for line in logs)
     assert torch.load(ckpt, weights_only=True)["step"] == 45
+
+
+def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path):
+    from napari_fcnn_deblur.training import finetune_end_to_end
+
+    torch.manual_seed(1)
+    cfg = TrainConfig(patch=24, finetune_steps=4, finetune_batch=2, finetune_lr=1e-3, checkpoint_minutes=0.0)
+    src = SampleSource(_images(), cfg.patch, 0.03, 0.0, 0, "F")
+    cascade = Cascade(2, gammas=[200.0, 20.0, 2.0])
+    before = [p.detach().clone() for p in cascade.parameters()]
+    ckpt = tmp_path / "finetune.pt"
+    finetune_end_to_end(cascade, src, cfg, ckpt, torch.device("cpu"), lambda m: None)
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["step"] == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, cascade.parameters()))  # weights and γ moved
+    g = cascade.gammas.detach()
+    assert torch.all(g[1:] <= g[:-1] * (1 + 1e-6))
+    logs: list[str] = []
+    cfg.finetune_steps = 6
+    finetune_end_to_end(Cascade(2, gammas=[200.0, 20.0, 2.0]), src, cfg, ckpt, torch.device("cpu"), logs.append)
+    assert any("resumed at step 4/4" in m for m in logs)  # a finished phase is not repeated

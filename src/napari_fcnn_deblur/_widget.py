@@ -37,6 +37,7 @@ from psygnal import Signal
 from . import model_io
 from .api import StageResult, deblur_stages
 from .devices import available_devices
+from .intensity import intensity_scaling
 from .kernel_checks import prepare_kernel
 
 if TYPE_CHECKING:
@@ -136,6 +137,22 @@ def _no_model_message(noise_level: float) -> str:
     )
 
 
+def _layer_intensity_range(data, rgb: bool) -> tuple[float, float] | None:
+    """(low, high) of the layer-wide [0, 1] map, from up to 16 evenly spaced planes (never the whole of a big stack)."""
+    lead = data.shape[: -3 if rgb else -2]
+    if not lead:
+        return None  # a single plane: deblur_stages' own rule sees the same pixels
+    n = int(np.prod(lead))
+    picks = np.unique(np.linspace(0, n - 1, min(16, n)).round().astype(int))
+    sample = np.stack([np.asarray(data[np.unravel_index(i, lead)]) for i in picks])
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]  # NaN planes are reported per plane
+        if sample.size == 0:
+            return None
+    s = intensity_scaling(sample[..., :3] if rgb and sample.ndim > 1 else sample)
+    return (s.offset, s.offset + s.scale) if s.scale > 0 else None
+
+
 @thread_worker
 def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
     """Deblur each plane of ``job`` in turn; one item per finished stage (so quit() stops between stages)."""
@@ -145,6 +162,13 @@ def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
         if bad is not None and bad.level == "error":
             yield bad
             return
+    # One intensity map for the whole layer, so that each plane (and a one-plane preview)
+    # is scaled exactly as in the whole-stack result.
+    try:
+        intensity_range = _layer_intensity_range(job.data, job.rgb)
+    except Exception as err:
+        yield _explain(err, job, ())
+        return
     for n, index in enumerate(job.plane_indices):
         try:
             plane = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
@@ -152,7 +176,8 @@ def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
             if bad is not None:
                 yield bad
                 return
-            for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model):
+            for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model,
+                                        intensity_range=intensity_range):
                 yield _StageDone(n, result)
         except Exception as err:  # reported as a notification by the GUI thread, never re-raised
             yield _explain(err, job, index)

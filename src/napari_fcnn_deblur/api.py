@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -164,7 +163,17 @@ def resolve_noise_level(image: np.ndarray, noise_level) -> float:
     return _check_noise(noise_level)
 
 
-def _prepare(image, kernel, noise_level, iterations, device, model) -> _Prepared:
+def _scaling_from_range(intensity_range) -> IntensityScaling:
+    try:
+        lo, hi = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"intensity_range must be (low, high), got {intensity_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"intensity_range must be two finite values with high > low, got {intensity_range!r}")
+    return IntensityScaling(lo, hi - lo)
+
+
+def _prepare(image, kernel, noise_level, iterations, device, model, intensity_range=None) -> _Prepared:
     a = check_image(image)
     rgb = _is_rgb(a)
     plane_shape = a.shape[:2] if rgb else a.shape[-2:]
@@ -176,7 +185,10 @@ def _prepare(image, kernel, noise_level, iterations, device, model) -> _Prepared
     cascade = _model_on(get_model(model, nl), dev)
     it = _check_iterations(iterations, cascade)
     layout = _Layout(a.shape, rgb)
-    scaling = intensity_scaling(a[..., :3] if rgb else a)
+    if intensity_range is None:
+        scaling = intensity_scaling(a[..., :3] if rgb else a)
+    else:
+        scaling = _scaling_from_range(intensity_range)
     planes = scaling.forward(layout.to_planes(a))  # a new array: the input is never touched
     return _Prepared(planes, k, layout, scaling, cascade, it, dev, a, nl)
 
@@ -255,6 +267,7 @@ def deblur(
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
     tile_size: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Remove a known blur from an image with the learned FCNN cascade.
 
@@ -284,6 +297,10 @@ def deblur(
         than one tile (see :mod:`.tiling`; same result up to float round-off);
         None = chosen from the free memory of ``device``.  Planes smaller
         than a tile run whole, as one batch.
+    intensity_range : (low, high) or None
+        Intensities (in the image's units) mapped to 0 and 1 for the
+        networks; None applies the automatic rule of :mod:`.intensity`.
+        Give it to process parts of one dataset (planes, crops) consistently.
 
     Returns
     -------
@@ -306,11 +323,11 @@ def deblur(
     if _is_dask(image):
         from .lazy import deblur_lazy
 
-        return deblur_lazy(image, kernel, noise_level, iterations, device, model, tile_size)
+        return deblur_lazy(image, kernel, noise_level, iterations, device, model, tile_size, intensity_range)
     from .tiling import check_tile_size
 
     tile_size = check_tile_size(tile_size)  # before any work
-    p = _prepare(image, kernel, noise_level, iterations, device, model)
+    p = _prepare(image, kernel, noise_level, iterations, device, model, intensity_range)
     result = run_planes_auto(p.planes, p.kernel, p.cascade, p.iterations, p.device, tile_size)
     return p.layout.from_planes(p.scaling.inverse(result), p.original)
 
@@ -327,6 +344,7 @@ def deblur_stages(
     iterations: int = 3,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> Iterator[StageResult]:
     """Like :func:`deblur`, but yield a :class:`StageResult` after every step.
 
@@ -337,7 +355,7 @@ def deblur_stages(
     ``noise_level="auto"`` estimates the noise; every :class:`StageResult`
     carries the level used.  Planes are never tiled here.
     """
-    p = _prepare(image, kernel, noise_level, iterations, device, model)
+    p = _prepare(image, kernel, noise_level, iterations, device, model, intensity_range)
     return _stage_generator(p)
 
 

@@ -10,7 +10,7 @@ training-data generation and end-to-end training of γ alike.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -155,7 +155,8 @@ def _deblur_block(
     return result.reshape(block.shape).astype(np.float32, copy=False)
 
 
-def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", model=None, tile_size=None) -> da.Array:
+def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", model=None, tile_size=None,
+                intensity_range=None) -> da.Array:
     """Lazy :func:`~napari_fcnn_deblur.deblur` of a dask array (see the module docstring).
 
     Arguments are checked (and the model loaded once, to check it) now; a
@@ -175,7 +176,12 @@ def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", mo
         nl = _check_noise(noise_level)
     dev = resolve_device(device)
     tile_size = check_tile_size(tile_size)
-    scaling = lazy_intensity_scaling(a[..., :3] if rgb else a)
+    if intensity_range is None:
+        scaling = lazy_intensity_scaling(a[..., :3] if rgb else a)
+    else:
+        from .api import _scaling_from_range
+
+        scaling = _scaling_from_range(intensity_range)
     if _is_auto(noise_level):
         nl = float(np.clip(lazy_noise_level(a, scaling, rgb), 0.0, 0.5))
         logger.info("estimated noise level: %.4g (%.2f %% of the [0, 1] range)", nl, 100 * nl)

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from .cascade import Cascade
-from .fft_deconv import deconvolve, image_gradients, prepare_problem
-from .gradient_denoiser import RECEPTIVE_RADIUS, denoise_gradients
-from .model_io import cascade_from_tensors, save_cascade, state_tensors
+from .fft_deconv import image_gradients
+from .gradient_denoiser import RECEPTIVE_RADIUS
+from .model_io import save_cascade
 from .motion_kernels import embed_centered, random_motion_kernel
 
 #: Starting γ schedules (initial deconvolution + 3 stages): the data weight
@@ -77,12 +77,19 @@ class TrainConfig:
     # learning-rate schedule follows the new count (used by the GPU preset)
     stage_seconds: float = 0.0
     gamma_seconds: float = 0.0
+    # end-to-end fine-tuning of every FCNN and γ on the final image's L1 loss, after the
+    # stage-wise phase (as the authors' released training code does; 0 steps = skipped)
+    finetune_steps: int = 0
+    finetune_batch: int = 8
+    finetune_lr: float = 1e-4
+    finetune_seconds: float = 0.0
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
         """A few steps on tiny patches: for tests and the GPU-script smoke run."""
         return cls(
             patch=32, batch=2, steps_first=(6, 4, 3), steps_warm=(3, 2, 2), gamma_steps=3, gamma_batch=2,
+            finetune_steps=3, finetune_batch=2,
             gamma_inits=(1.0, 2.0), checkpoint_minutes=0.0, val_images=1, val_kernels=1, val_size=64,
         )
 
@@ -93,6 +100,7 @@ class TrainConfig:
             patch=128, batch=48, steps_first=(20000, 20000, 20000), steps_warm=(20000, 20000, 20000),
             gamma_steps=400, gamma_batch=32, checkpoint_minutes=1.0, val_images=6, val_kernels=4, val_size=256,
             stage_seconds=14.0, gamma_seconds=6.0,
+            finetune_steps=20000, finetune_batch=16, finetune_seconds=60.0,
         )
 
 
@@ -320,6 +328,66 @@ def train_stage(cascade: Cascade, stage: int, source: SampleSource, steps: int, 
     save()
 
 
+def finetune_end_to_end(cascade: Cascade, source: SampleSource, cfg: TrainConfig, ckpt: Path,
+                        device: torch.device, log) -> None:
+    """Fine-tune every FCNN and γ together: L1 between the final image and the sharp patch (eq. 8).
+
+    Resumes from ``ckpt``; the step count can be cut to ``cfg.finetune_seconds``.
+    """
+    steps = cfg.finetune_steps
+    opt = torch.optim.Adam([
+        {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
+        {"params": [cascade.log_gammas], "lr": 0.01},
+    ])
+    step = 0
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        cascade.load_state_dict(state["cascade"])
+        opt.load_state_dict(state["opt"])
+        step, steps = int(state["step"]), int(state["steps"])
+        log(f"fine-tuning: resumed at step {step}/{steps}")
+
+    def save():
+        torch.save({"cascade": cascade.state_dict(), "opt": opt.state_dict(), "step": step, "steps": steps},
+                   ckpt.with_suffix(".tmp"))
+        os.replace(ckpt.with_suffix(".tmp"), ckpt)
+
+    step0, t_start, last_save, run_loss, seen = step, time.time(), time.time(), 0.0, 0
+    cascade.train()
+    for y, k, x in batches(source, step, steps - step, cfg.finetune_batch, device):
+        if step >= steps:
+            break
+        if cfg.finetune_seconds and step == step0 + 5:
+            t_rate = time.time()
+        if cfg.finetune_seconds and step == step0 + 15:
+            rate = 10 / max(time.time() - t_rate, 1e-6)
+            steps = min(steps, step + int(rate * max(cfg.finetune_seconds - (time.time() - t_start), 0)))
+            log(f"fine-tuning: {rate:.1f} steps/s, {cfg.finetune_seconds:g} s budget → {steps} steps")
+        for pg in opt.param_groups[:1]:
+            pg["lr"] = cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
+        out = None
+        for out in cascade.run(y, k, channels_last=False):
+            pass
+        loss = (out.image - sharp_target(x, cfg.patch)).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # later stages' γ stay below earlier ones
+            lg = cascade.log_gammas
+            for i in range(1, len(lg)):
+                lg[i] = torch.minimum(lg[i], lg[i - 1])
+        step += 1
+        run_loss, seen = run_loss + loss.item(), seen + 1
+        if step % 50 == 0 or step == steps:
+            log(f"fine-tuning step {step}/{steps} L1 {run_loss / seen:.5f}")
+            run_loss, seen = 0.0, 0
+        if cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            save()
+            last_save = time.time()
+    cascade.eval()
+    save()
+
+
 def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, device, log) -> dict:
     """End-to-end training of log γ (eq. 8, L1 on the final image) from several initialisations."""
     for p in cascade.denoisers.parameters():
@@ -455,6 +523,10 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                 source = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}S{s}")
                 train_stage(cascade, s, source, steps[s - 1], cfg, ckpt, device, lg)
                 lg(f"stage {s} done; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
+            if cfg.finetune_steps:
+                fsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}F")
+                finetune_end_to_end(cascade, fsource, cfg, lvl_dir / "finetune.pt", device, lg)
+                lg(f"fine-tuned; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
             gsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}G")
             ginfo = train_gammas(cascade, gsource, cfg, val, device, lg)
             per_stage = validate(cascade, val, device)
