@@ -25,6 +25,7 @@ from napari_fcnn_deblur import Cascade, deblur, model_io, save_cascade  # noqa: 
 from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
 from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER, DeblurWidget  # noqa: E402
 from napari_fcnn_deblur.motion_kernels import random_motion_kernel  # noqa: E402
+from napari_fcnn_deblur.psf import gaussian_psf  # noqa: E402
 from napari_fcnn_deblur.sample_images import blur_valid  # noqa: E402
 
 PLUGIN, WIDGET = "napari-fcnn-deblur", "FCNN deblur"
@@ -349,7 +350,7 @@ def test_pickers_offer_image_layers_and_small_2d_kernels(setup):
     assert set(kernel_names) == {"kernel", "psf 1x9x9", "blurry"}  # 146 × 146 is still "small"
     assert kernel_names[0] in ("kernel", "psf 1x9x9")  # named kernels / PSFs first
     assert widget.device.choices[0] == "auto" and "cpu" in widget.device.choices
-    assert [c for c in widget.noise_level.choices] == [0.01, 0.03, 0.05]
+    assert [c for c in widget.noise_level.choices] == [0.01, 0.03, 0.05, "auto"]
 
 
 def test_iterations_follow_the_model(setup, tmp_path, monkeypatch):
@@ -408,3 +409,115 @@ def test_rgb_image(make_napari_viewer, qtbot, case, model_file):
     assert out.rgb and out.data.shape == rgb.shape
     assert viewer.layers["photo grad x stage 1"].data.shape == rgb.shape[:2]
     assert isinstance(out, Image)
+
+
+# ----------------------------------------------------------------------------- kernel generators, noise estimate
+
+
+@pytest.fixture(scope="session")
+def gaussian_case() -> dict[str, np.ndarray]:
+    """The 'camera' crop blurred by a Gaussian PSF (σ = 2 px) with 1 % noise."""
+    from skimage import data
+
+    sharp = data.camera()[100:260, 180:340].astype(np.float32) / 255
+    blurry, gt = blur_valid(sharp, gaussian_psf(2.0), 0.01, seed=1)
+    return {"blurry": blurry, "gt": gt}
+
+
+def test_generator_parameters_visible_only_for_their_generator(setup):
+    viewer, widget = setup
+    assert widget.kernel_source.value == "layer"
+    assert shown(widget, widget.kernel_layer) and not shown(widget, widget.add_kernel_button)
+    params = [widget.psf_sigma, widget.psf_radius, widget.psf_length, widget.psf_angle,
+              widget.psf_na, widget.psf_wavelength, widget.psf_pixel_size]
+    assert not any(shown(widget, w) for w in params)
+    expected = {
+        "Gaussian": [widget.psf_sigma],
+        "disk (defocus)": [widget.psf_radius],
+        "linear motion": [widget.psf_length, widget.psf_angle],
+        "widefield (Airy)": [widget.psf_na, widget.psf_wavelength, widget.psf_pixel_size],
+    }
+    for source, visible in expected.items():
+        widget.kernel_source.value = source
+        assert [w for w in params if shown(widget, w)] == visible
+        assert shown(widget, widget.add_kernel_button) and not shown(widget, widget.kernel_layer)
+    assert (widget.psf_sigma.value, widget.psf_radius.value) == (2.0, 3.0)
+    assert (widget.psf_length.value, widget.psf_angle.value) == (15.0, 0.0)
+    assert (widget.psf_na.value, widget.psf_wavelength.value, widget.psf_pixel_size.value) == (1.4, 520.0, 65.0)
+
+
+def test_run_with_gaussian_generator_needs_no_kernel_layer(make_napari_viewer, qtbot, gaussian_case, model_file, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(gaussian_case["blurry"].copy(), name="blurry")
+    widget = open_widget(viewer, model_file)
+    widget.kernel_source.value = "Gaussian"
+    widget.psf_sigma.value = 2.0
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert [lyr.name for lyr in viewer.layers] == ["blurry"] + [f"blurry stage {k}" for k in range(4)]
+    final = viewer.layers["blurry stage 3"]
+    assert final.metadata["napari_fcnn_deblur"]["kernel"] == "Gaussian PSF σ=2"
+    gain = psnr(final.data, gaussian_case["gt"]) - psnr(gaussian_case["blurry"], gaussian_case["gt"])
+    assert gain > 1.0, f"final PSNR gain only {gain:.2f} dB"
+    expected = deblur(gaussian_case["blurry"], gaussian_psf(2.0), 0.01, 3, "cpu", model_file)
+    np.testing.assert_allclose(final.data, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("Gaussian", "Gaussian PSF σ=2"),
+        ("disk (defocus)", "disk PSF r=3"),
+        ("linear motion", "linear motion PSF L=15 θ=0°"),
+        ("widefield (Airy)", "widefield PSF NA=1.4 λ=520 nm px=65 nm"),
+    ],
+)
+def test_add_kernel_layer_makes_a_pickable_normalised_kernel(setup, source, name):
+    viewer, widget = setup
+    widget.kernel_source.value = source
+    widget.add_kernel_button.clicked.emit()
+    layer = viewer.layers[name]
+    assert isinstance(layer, Image) and layer.data.ndim == 2
+    assert float(np.sum(layer.data)) == pytest.approx(1.0, abs=1e-5)
+    assert layer in widget.kernel_layer.choices
+    assert widget.image_layer.value is viewer.layers["blurry"]  # the new kernel does not displace the image
+
+
+def test_no_kernel_layer_error_suggests_generators(make_napari_viewer, qtbot, case, model_file, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((400, 400), np.float32), name="too big to be a kernel")
+    widget = open_widget(viewer, model_file)
+    assert widget.kernel_layer.value is None
+    run_and_wait(qtbot, widget)
+    errors = [msg for sev, msg in notes() if sev == "error"]
+    assert any("Kernel source" in msg and "Gaussian" in msg for msg in errors), notes()
+    assert len(viewer.layers) == 1
+
+
+def test_estimate_noise_from_image(make_napari_viewer, qtbot, model_file, notes):
+    import re
+
+    from skimage import data
+
+    sharp = data.camera()[100:260, 180:340].astype(np.float32) / 255
+    blurry, _ = blur_valid(sharp, gaussian_psf(2.0), 0.03, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(blurry, name="noisy")
+    widget = open_widget(viewer, model_file)
+    widget.kernel_source.value = "Gaussian"
+    widget.noise_level.value = "auto"
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert "noisy stage 1" in viewer.layers
+    m = re.search(r"estimated noise ([0-9.]+) %", widget.status.value)
+    assert m, widget.status.value
+    assert abs(float(m.group(1)) - 3.0) < 0.3 * 3.0, widget.status.value
+    meta = viewer.layers["noisy stage 1"].metadata["napari_fcnn_deblur"]
+    assert meta["noise_estimated"] and meta["noise_level"] == pytest.approx(float(m.group(1)) / 100, abs=1e-3)
+
+
+def test_estimate_noise_message_names_the_shipped_model(setup, monkeypatch):
+    viewer, widget = setup
+    job = widget_module._Job("x", None, False, np.ones((1, 1)), 0.027, 1, "cpu", None, ((),), False)
+    assert DeblurWidget._noise_text(0.027, job) == "estimated noise 2.7 % → 3 % model"

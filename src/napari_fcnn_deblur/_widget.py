@@ -10,6 +10,7 @@ widget never raises and never modifies its input layers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -34,11 +36,12 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from . import model_io
+from . import model_io, psf
 from .api import StageResult, deblur_stages
 from .devices import available_devices
 from .intensity import intensity_scaling
 from .kernel_checks import prepare_kernel
+from .noise_estimation import estimate_noise_level
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -57,6 +60,18 @@ FROM_FILE = "model file"
 CURRENT_PLANE = "current plane (preview)"
 WHOLE_LAYER = "whole layer"
 
+#: Noise-level choice whose value makes the worker estimate the noise from the image.
+ESTIMATE = "estimate from image"
+AUTO = "auto"
+
+#: Kernel sources: a layer of the viewer, or one of the model PSF generators of :mod:`.psf`.
+KERNEL_LAYER = "layer"
+GAUSSIAN = "Gaussian"
+DISK = "disk (defocus)"
+MOTION = "linear motion"
+WIDEFIELD = "widefield (Airy)"
+GENERATORS = (GAUSSIAN, DISK, MOTION, WIDEFIELD)
+
 
 # ----------------------------------------------------------------------------- worker side (no Qt, no layers)
 
@@ -69,12 +84,20 @@ class _Job:
     data: Any  # the source layer's array (numpy, dask, zarr...): only ever read
     rgb: bool
     kernel: np.ndarray
-    noise_level: float
+    noise_level: float | str  # AUTO: estimated once by the worker for the whole layer
     iterations: int
     device: str
     model: Path | None  # None = the shipped cascade for the noise level
     plane_indices: tuple[tuple[int, ...], ...]  # leading-axis index of each plane to deblur
     preview: bool
+    kernel_name: str = ""  # the kernel layer's name, or the generated PSF's description
+
+
+@dataclass
+class _NoiseEstimated:
+    """The noise level the worker estimated (before the first stage)."""
+
+    value: float
 
 
 @dataclass
@@ -153,8 +176,21 @@ def _layer_intensity_range(data, rgb: bool) -> tuple[float, float] | None:
     return (s.offset, s.offset + s.scale) if s.scale > 0 else None
 
 
+def _layer_noise_estimate(data, rgb: bool) -> float:
+    """Noise s.d. of the whole layer, from up to 16 evenly spaced planes (as for the intensity map)."""
+    lead = data.shape[: -3 if rgb else -2]
+    if not lead:
+        return estimate_noise_level(np.asarray(data))
+    n = int(np.prod(lead))
+    picks = np.unique(np.linspace(0, n - 1, min(16, n)).round().astype(int))
+    planes = [np.asarray(data[np.unravel_index(i, lead)]) for i in picks]
+    if rgb:  # estimate_noise_level takes one RGB plane at a time
+        return float(np.median([estimate_noise_level(p) for p in planes]))
+    return estimate_noise_level(np.stack(planes))
+
+
 @thread_worker
-def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
+def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated]:
     """Deblur each plane of ``job`` in turn; one item per finished stage (so quit() stops between stages)."""
     if not job.preview and isinstance(job.data, np.ndarray) and len(job.plane_indices) > 1:
         # Why a pre-scan: a NaN found in plane 40 would otherwise leave a half-finished result behind.
@@ -176,6 +212,17 @@ def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed]:
             if bad is not None:
                 yield bad
                 return
+            if job.noise_level == AUTO:
+                # Why once, for the whole layer: every plane (and a preview) then uses the same model.
+                est = _layer_noise_estimate(job.data, job.rgb)
+                if not np.isfinite(est):
+                    yield _Failed(
+                        f"Could not estimate the noise of '{job.source_name}' (does it contain NaN pixels?). "
+                        "Choose a noise level instead."
+                    )
+                    return
+                job = dataclasses.replace(job, noise_level=float(np.clip(est, 0.0, 0.5)))
+                yield _NoiseEstimated(job.noise_level)
             for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model,
                                         intensity_range=intensity_range):
                 yield _StageDone(n, result)
@@ -243,6 +290,7 @@ class _RunState:
     layers: dict[str, Image] = field(default_factory=dict)
     final: Image | None = None  # image layer of the highest stage so far
     final_stage: int = -1
+    noise_text: str = ""  # "estimated noise 2.7 % → 3 % model" once the worker has estimated it
 
 
 class DeblurWidget(Container):
@@ -261,8 +309,25 @@ class DeblurWidget(Container):
         # objects (identity comparisons). Only public API is used below.
         self.viewer = getattr(viewer, "__wrapped__", viewer)
         self.image_layer = ComboBox(label="Blurry image", choices=self._image_choices)
+        self.kernel_source = ComboBox(
+            label="Kernel source", choices=[KERNEL_LAYER, *GENERATORS], value=KERNEL_LAYER
+        )
         self.kernel_layer = ComboBox(label="Kernel / PSF", choices=self._kernel_choices)
-        levels = [(f"{lv * 100:g} %", lv) for lv in model_io.TRAINED_NOISE_LEVELS]
+        self.psf_sigma = FloatSpinBox(label="σ (px)", min=0.1, max=30.0, step=0.1, value=2.0)
+        self.psf_radius = FloatSpinBox(label="Radius (px)", min=0.5, max=60.0, step=0.5, value=3.0)
+        self.psf_length = FloatSpinBox(label="Length (px)", min=1.0, max=120.0, step=1.0, value=15.0)
+        self.psf_angle = FloatSpinBox(label="Angle (°)", min=-180.0, max=180.0, step=1.0, value=0.0)
+        self.psf_na = FloatSpinBox(label="NA", min=0.05, max=1.7, step=0.05, value=1.4)
+        self.psf_wavelength = FloatSpinBox(label="Emission λ (nm)", min=200.0, max=2000.0, step=10.0, value=520.0)
+        self.psf_pixel_size = FloatSpinBox(label="Pixel size (nm)", min=1.0, max=10000.0, step=1.0, value=65.0)
+        self.add_kernel_button = PushButton(text="Add kernel layer")
+        self._generator_params = {
+            GAUSSIAN: (self.psf_sigma,),
+            DISK: (self.psf_radius,),
+            MOTION: (self.psf_length, self.psf_angle),
+            WIDEFIELD: (self.psf_na, self.psf_wavelength, self.psf_pixel_size),
+        }
+        levels = [(f"{lv * 100:g} %", lv) for lv in model_io.TRAINED_NOISE_LEVELS] + [(ESTIMATE, AUTO)]
         self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
         self.iterations = SpinBox(label="Iterations", min=1, max=DEFAULT_STAGES, value=DEFAULT_STAGES)
         self.device = ComboBox(label="Device", choices=["auto", *available_devices()], value="auto")
@@ -277,7 +342,16 @@ class DeblurWidget(Container):
         super().__init__(
             widgets=[
                 self.image_layer,
+                self.kernel_source,
                 self.kernel_layer,
+                self.psf_sigma,
+                self.psf_radius,
+                self.psf_length,
+                self.psf_angle,
+                self.psf_na,
+                self.psf_wavelength,
+                self.psf_pixel_size,
+                self.add_kernel_button,
                 self.noise_level,
                 self.iterations,
                 self.device,
@@ -297,7 +371,14 @@ class DeblurWidget(Container):
             f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
             f"{MAX_KERNEL_SIDE} × {MAX_KERNEL_SIDE} pixels)."
         )
-        self.noise_level.tooltip = "Noise in the blurry image, as a fraction of its intensity range. Picks the model."
+        self.kernel_source.tooltip = (
+            "Where the kernel comes from: a layer of the viewer, or a model PSF computed from a few parameters."
+        )
+        self.add_kernel_button.tooltip = "Add the generated kernel as an image layer (to look at it, or to pick it)."
+        self.noise_level.tooltip = (
+            "Noise in the blurry image, as a fraction of its intensity range. Picks the model. "
+            f"'{ESTIMATE}' measures it when you press Run."
+        )
         self.iterations.tooltip = "Number of FCNN stages to run (each one adds a layer)."
         self.show_gradients.tooltip = "Also add the denoised gradients each stage used (hidden layers)."
         self.scope.tooltip = "For stacks and time series: only the plane shown now, or every plane."
@@ -307,12 +388,15 @@ class DeblurWidget(Container):
         self.model_source.changed.connect(self._update_model_info)
         self.model_file.changed.connect(self._update_model_info)
         self.image_layer.changed.connect(self._update_scope)
+        self.kernel_source.changed.connect(self._update_kernel_source)
+        self.add_kernel_button.changed.connect(self.add_kernel_layer)
         # Why our own connections: napari only resets choices of docked widgets; this one also works undocked.
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
         self.reset_choices()
         self._update_model_info()
         self._update_scope()
+        self._update_kernel_source()
 
     # ------------------------------------------------------------------ choices and option state
 
@@ -334,12 +418,50 @@ class DeblurWidget(Container):
         layers.sort(key=lambda lyr: (not _kernel_named(lyr), max(_layer_array(lyr).shape[-2:])))
         return [(lyr.name, lyr) for lyr in layers]
 
+    def _update_kernel_source(self, *_: Any) -> None:
+        source = self.kernel_source.value
+        self.kernel_layer.visible = source == KERNEL_LAYER
+        self.add_kernel_button.visible = source != KERNEL_LAYER
+        for name, widgets in self._generator_params.items():
+            for w in widgets:
+                w.visible = name == source
+
+    def generated_kernel(self) -> tuple[np.ndarray, str]:
+        """The kernel of the selected generator and its layer name (ValueError for impossible parameters)."""
+        source = self.kernel_source.value
+        if source == GAUSSIAN:
+            s = self.psf_sigma.value
+            return psf.gaussian_psf(s), f"Gaussian PSF σ={s:g}"
+        if source == DISK:
+            r = self.psf_radius.value
+            return psf.disk_psf(r), f"disk PSF r={r:g}"
+        if source == MOTION:
+            n, a = self.psf_length.value, self.psf_angle.value
+            return psf.linear_motion_psf(n, a), f"linear motion PSF L={n:g} θ={a:g}°"
+        if source == WIDEFIELD:
+            na, wl, px = self.psf_na.value, self.psf_wavelength.value, self.psf_pixel_size.value
+            return psf.widefield_psf(na, wl, px), f"widefield PSF NA={na:g} λ={wl:g} nm px={px:g} nm"
+        raise ValueError(f"'{source}' is not a kernel generator")
+
+    def add_kernel_layer(self, *_: Any) -> Image | None:
+        """Add the generated kernel to the viewer as an Image layer (None, with a notification, on a problem)."""
+        try:
+            k, name = self.generated_kernel()
+        except ValueError as err:
+            text = str(err)
+            show_error(f"Cannot make the kernel: {text[:1].lower() + text[1:]}.")
+            return None
+        return self.viewer.add_image(k, name=name, colormap="inferno")
+
     def _model_path(self) -> Path | None:
         """The cascade file the current options point to (None: no file chosen)."""
         if self.model_source.value == FROM_FILE:
             value = self.model_file.value
             return Path(value) if value is not None and str(value) not in ("", ".") else None
-        return model_io.shipped_model_path(model_io.nearest_trained_level(self.noise_level.value))
+        level = self.noise_level.value
+        return model_io.shipped_model_path(
+            model_io.TRAINED_NOISE_LEVELS[0] if level == AUTO else model_io.nearest_trained_level(level)
+        )
 
     def _update_model_info(self, *_: Any) -> None:
         self.model_file.visible = self.model_source.value == FROM_FILE
@@ -351,7 +473,9 @@ class DeblurWidget(Container):
             self.iterations.value = n
         if self.running:
             return
-        if self.model_source.value == SHIPPED and n is None:
+        if self.model_source.value == SHIPPED and self.noise_level.value == AUTO:
+            self.status.value = "" if model_io.available_models() else "No trained model installed: choose a model file."
+        elif self.model_source.value == SHIPPED and n is None:
             self.status.value = (
                 f"No trained model installed for {self.noise_level.value * 100:g} % noise: choose a model file."
             )
@@ -378,16 +502,18 @@ class DeblurWidget(Container):
     def _prepare_job(self) -> _Job | None:
         """Check the options on the GUI thread (cheap checks only); notify and return None on a problem."""
         image, kernel = self.image_layer.value, self.kernel_layer.value
+        generated = self.kernel_source.value != KERNEL_LAYER
         if image is None:
             show_warning("Choose the blurry image layer first (open an image, or File ▸ Open Sample ▸ FCNN deblur).")
             return None
-        if kernel is None:
-            show_warning(
-                "Choose the kernel layer: a small greyscale image of the blur of a single point "
-                "(a PSF or motion kernel), opened like any image."
+        if not generated and kernel is None:
+            show_error(
+                "No kernel layer to choose: open a small greyscale image of the blur of a single point "
+                "(a PSF or motion kernel), or set 'Kernel source' to a model PSF "
+                f"({', '.join(GENERATORS)}) and set its parameters."
             )
             return None
-        if kernel is image:
+        if not generated and kernel is image:
             show_error(f"'{image.name}' is chosen as both the image and the kernel: pick the kernel layer.")
             return None
         data = _layer_array(image)
@@ -397,32 +523,46 @@ class DeblurWidget(Container):
                 f"The image layer '{image.name}' is empty (size {' × '.join(map(str, shape))}): nothing to deblur."
             )
             return None
-        if kernel.rgb:
-            show_error(
-                f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
-                "Right-click the layer, choose 'Split RGB', and pick one of the channels as kernel."
-            )
-            return None
-        k = np.squeeze(np.asarray(_layer_array(kernel)))
-        if k.ndim != 2:
-            show_error(
-                f"The kernel layer '{kernel.name}' has {k.ndim} dimensions {k.shape}; the kernel must be one 2D "
-                "image (for a 3D PSF, use its in-focus plane)."
-            )
-            return None
+        if generated:
+            try:
+                k, kernel_name = self.generated_kernel()
+            except ValueError as err:
+                text = str(err)
+                show_error(f"Cannot make the kernel: {text[:1].lower() + text[1:]}.")
+                return None
+            what = f"generated kernel '{kernel_name}'"
+        else:
+            kernel_name, what = kernel.name, f"kernel layer '{kernel.name}'"
+            if kernel.rgb:
+                show_error(
+                    f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
+                    "Right-click the layer, choose 'Split RGB', and pick one of the channels as kernel."
+                )
+                return None
+            k = np.squeeze(np.asarray(_layer_array(kernel)))
+            if k.ndim != 2:
+                show_error(
+                    f"The kernel layer '{kernel.name}' has {k.ndim} dimensions {k.shape}; the kernel must be one 2D "
+                    "image (for a 3D PSF, use its in-focus plane)."
+                )
+                return None
         plane = shape[-3:-1] if image.rgb else shape[-2:]
         if k.shape[0] > plane[0] or k.shape[1] > plane[1]:
+            hint = (
+                "Make the PSF smaller (its parameters) or use a larger image."
+                if generated
+                else "Check the two layer choices: the kernel is the small picture of how one point is blurred."
+            )
             show_error(
-                f"The kernel '{kernel.name}' ({k.shape[0]} × {k.shape[1]} pixels) is larger than the image "
-                f"'{image.name}' ({plane[0]} × {plane[1]} pixels). Check the two layer choices: the kernel is the "
-                "small picture of how one point is blurred."
+                f"The kernel '{kernel_name}' ({k.shape[0]} × {k.shape[1]} pixels) is larger than the image "
+                f"'{image.name}' ({plane[0]} × {plane[1]} pixels). {hint}"
             )
             return None
         try:
             prepare_kernel(k, plane)
         except ValueError as err:
             text = str(err)
-            show_error(f"The kernel layer '{kernel.name}' cannot be used: {text[:1].lower() + text[1:]}.")
+            show_error(f"The {what} cannot be used: {text[:1].lower() + text[1:]}.")
             return None
         model: Path | None = None
         if self.model_source.value == FROM_FILE:
@@ -432,6 +572,10 @@ class DeblurWidget(Container):
                 return None
             if _stage_count(model) is None:
                 show_error(f"'{model.name}' is not a napari-fcnn-deblur model file (a cascade saved as .safetensors).")
+                return None
+        elif self.noise_level.value == AUTO:
+            if not model_io.available_models():
+                show_error(_no_model_message(model_io.TRAINED_NOISE_LEVELS[0]))
                 return None
         elif not self._model_path().is_file():
             show_error(_no_model_message(self.noise_level.value))
@@ -447,12 +591,13 @@ class DeblurWidget(Container):
             data=data,
             rgb=bool(image.rgb),
             kernel=k.astype(np.float32),
-            noise_level=float(self.noise_level.value),
+            noise_level=AUTO if self.noise_level.value == AUTO else float(self.noise_level.value),
             iterations=int(min(self.iterations.value, self.iterations.max)),
             device=str(self.device.value),
             model=model,
             plane_indices=indices,
             preview=preview,
+            kernel_name=kernel_name,
         )
 
     def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:
@@ -510,6 +655,10 @@ class DeblurWidget(Container):
         run = self._run
         if run is None:
             return
+        if isinstance(item, _NoiseEstimated):
+            run.noise_text = self._noise_text(item.value, run.job)
+            self.status.value = f"Deblurring '{run.job.source_name}' ({run.noise_text})…"
+            return
         if isinstance(item, _Failed):
             run.failed = True
             (show_warning if item.level == "warning" else show_error)(item.message)
@@ -523,7 +672,16 @@ class DeblurWidget(Container):
             run.planes_done += 1
         n = len(run.job.plane_indices)
         plane_txt = f"plane {item.plane + 1}/{n}, " if n > 1 else ""
-        self.status.value = f"Deblurring '{run.job.source_name}': {plane_txt}stage {res.stage}/{res.iterations}"
+        noise = f" ({run.noise_text})" if run.noise_text else ""
+        self.status.value = (
+            f"Deblurring '{run.job.source_name}'{noise}: {plane_txt}stage {res.stage}/{res.iterations}"
+        )
+
+    @staticmethod
+    def _noise_text(value: float, job: _Job) -> str:
+        if job.model is not None:
+            return f"estimated noise {value * 100:.1f} %, model file"
+        return f"estimated noise {value * 100:.1f} % → {model_io.nearest_trained_level(value) * 100:g} % model"
 
     def _show_stage(self, run: _RunState, item: _StageDone) -> None:
         res, job = item.result, run.job
@@ -580,7 +738,9 @@ class DeblurWidget(Container):
             "preview": job.preview,
             "plane": job.plane_indices[0] if job.preview else None,
             "iterations": res.iterations,
-            "noise_level": job.noise_level,
+            "noise_level": res.noise_level if np.isfinite(res.noise_level) else job.noise_level,
+            "noise_estimated": job.noise_level == AUTO,
+            "kernel": job.kernel_name,
             "gamma": res.gamma,
             "model": str(job.model) if job.model else "shipped",
         }
@@ -646,5 +806,6 @@ class DeblurWidget(Container):
                 self.viewer.layers.remove(lyr)
         if run.final is not None and run.final in self.viewer.layers:
             self.viewer.layers.selection.active = run.final
-            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'."
+            noise = f" ({run.noise_text})" if run.noise_text else ""
+            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'{noise}."
         self.run_finished.emit("done")
