@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Speed benchmark: the cascade against classical methods, and against the machine's own ceiling.
+
+For each image size (default 512×400, 1024×800, 2048×2048, float32) and a 27×27 kernel, 3 iterations:
+median wall time of ``--repeats`` runs after one warm-up, for
+
+- the cascade on every device here (CPU, and CUDA when present), fp32 with channels_last
+  convolutions, and with bf16 autocast where the device supports it (an opt-in path);
+- the project's hyper-Laplacian baseline (α = 2/3), scikit-image's Richardson–Lucy (30 iterations)
+  and Wiener, on the CPU.
+
+It also measures the device's ceiling (a large fp32 ``torch.mm``; bf16 where supported), counts the
+cascade's FLOPs (2 × 149,632 MACs per padded pixel per gradient image per stage, plus 5 N log₂ N per
+FFT) and prints the achieved GFLOP/s and the fraction of the ceiling.  The table is printed and written
+into the ``## Speed`` section of ``--out`` (other sections are kept).
+
+    python benchmarks/speed.py --out docs/benchmarks.md               # all sizes, every device here
+    python benchmarks/speed.py --sizes 128x96 --repeats 1 --out /tmp/s.md   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+MACS_PER_PIXEL = 149_632  # Table 1 network: 5·5·64 + 4·(3·3·64·64) + 3·3·64
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up: allocations, autotuning, caches
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matrix product."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = median_time(lambda: torch.mm(a, b), repeats, device)
+    return 2 * n**3 / t / 1e9
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # CPUs without native bf16 emulate it slowly: only report where a matmul is not slower than fp32
+        return bool(torch.backends.mkldnn.is_available())
+    except Exception:
+        return False
+
+
+def cascade_flops(shape: tuple[int, int], kernel_shape: tuple[int, int], iterations: int) -> float:
+    from napari_fcnn_deblur.fft_deconv import padding_geometry
+
+    hp, wp = padding_geometry(shape, kernel_shape).shape
+    n = hp * wp
+    conv = 2 * MACS_PER_PIXEL * n * 2 * iterations  # two gradient images per stage
+    fft = 5 * n * np.log2(n)
+    n_ffts = 5 + 3 * iterations  # setup (taper blur, data term, initial solve) + per stage
+    return conv + n_ffts * fft
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(h), int(w)  # "512x400" = 512 wide, 400 high
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["512x400", "1024x800", "2048x2048"], help="W×H")
+    ap.add_argument("--kernel-size", type=int, default=27)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default=None, help="cascade file (default: the shipped 1 % model)")
+    ap.add_argument("--devices", nargs="*", default=None, help="default: every device here")
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="markdown file; its '## Speed' section is replaced")
+    args = ap.parse_args(argv)
+
+    from napari_fcnn_deblur.api import run_planes
+    from napari_fcnn_deblur.devices import available_devices
+    from napari_fcnn_deblur.model_io import get_model
+    from napari_fcnn_deblur.psf import linear_motion_psf
+
+    devices = [torch.device(d) for d in (args.devices or [d for d in available_devices() if d != "mps"])]
+    cascade_cpu = get_model(args.model, 0.01)
+    kernel = linear_motion_psf(args.kernel_size - 2, 30.0)
+    assert kernel.shape == (args.kernel_size, args.kernel_size)
+    rng = np.random.default_rng(0)
+
+    rows, ceil_rows = [], []
+    for dev in devices:
+        fp32 = matmul_ceiling(dev, torch.float32)
+        bf = matmul_ceiling(dev, torch.bfloat16) if bf16_supported(dev) else None
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+        ceil_rows.append((dev.type, name, torch.get_num_threads() if dev.type == "cpu" else None, fp32, bf))
+        print(f"{dev}: {name}; matmul fp32 {fp32:.0f} GFLOP/s" + (f", bf16 {bf:.0f}" if bf else ""), flush=True)
+        cascade = cascade_cpu if dev.type == "cpu" else __import__("copy").deepcopy(cascade_cpu).to(dev)
+        for size in args.sizes:
+            h, w = parse_size(size)
+            plane = rng.random((1, h, w), dtype=np.float32)
+            flops = cascade_flops((h, w), kernel.shape, args.iterations)
+            variants = [("fp32", None, fp32)]
+            if bf:
+                variants.append(("bf16 autocast", torch.bfloat16, bf))
+            for label, ac, ceiling in variants:
+                try:
+                    t = median_time(lambda: run_planes(plane, kernel, cascade, args.iterations, dev, True, ac),
+                                    args.repeats, dev)
+                except RuntimeError as err:  # e.g. out of memory
+                    print(f"  {size} {label}: failed ({err})", flush=True)
+                    continue
+                gf = flops / t / 1e9
+                rows.append((f"cascade, {args.iterations} stages, {label}", dev.type, size, t, gf, gf / ceiling))
+                print(f"  {size} cascade {label}: {t:.3f} s, {gf:.0f} GFLOP/s ({100 * gf / ceiling:.0f} % of matmul)",
+                      flush=True)
+    if not args.skip_baselines:
+        from napari_fcnn_deblur.baselines import hyper_laplacian, richardson_lucy, wiener
+
+        for size in args.sizes:
+            h, w = parse_size(size)
+            y = rng.random((h, w)).astype(np.float64)
+            for label, fn in (
+                ("hyper-Laplacian α=2/3 (project baseline)", lambda: hyper_laplacian(y, kernel, 1600.0)),
+                ("Richardson–Lucy, 30 iterations (skimage)", lambda: richardson_lucy(y, kernel, 30)),
+                ("Wiener (skimage)", lambda: wiener(y, kernel, 0.01)),
+            ):
+                t = median_time(fn, args.repeats, torch.device("cpu"))
+                rows.append((label, "cpu", size, t, None, None))
+                print(f"  {size} {label}: {t:.3f} s", flush=True)
+
+    lines = [
+        "## Speed",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/speed.py` (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads): median of {args.repeats} runs after a warm-up, random "
+        f"float32 images, a {args.kernel_size}×{args.kernel_size} kernel, {args.iterations} iterations. "
+        "GFLOP/s counts the cascade's convolutions (2 × 149,632 MACs per padded pixel per gradient image "
+        "per stage) and FFTs; the fraction is of the same device's matmul rate in the same precision.",
+        "",
+        "| device | processor | CPU threads | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for d, name, thr, fp32, bf in ceil_rows:
+        lines.append(f"| {d} | {name} | {thr or ''} | {fp32:.0f} | {'' if bf is None else f'{bf:.0f}'} |")
+    lines += ["", "| method | device | image (W×H) | seconds | GFLOP/s | fraction of ceiling |", "|---|---|---|---:|---:|---:|"]
+    for label, d, size, t, gf, frac in rows:
+        lines.append(f"| {label} | {d} | {size} | {t:.3f} | {'' if gf is None else f'{gf:.0f}'} | "
+                     f"{'' if frac is None else f'{100 * frac:.0f} %'} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out is not None:
+        from markdown_sections import replace_section
+
+        replace_section(args.out, table, "## Speed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
