@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                 variants.append(("bf16 autocast", torch.bfloat16, bf))
             for label, ac, ceiling in variants:
                 try:
-                    t = median_time(lambda: run_planes(plane, kernel, cascade, args.iterations, dev, True, ac),
+                    t = median_time(lambda plane=plane, cascade=cascade, dev=dev, ac=ac: run_planes(plane, kernel, cascade, args.iterations, dev, True, ac),
                                     args.repeats, dev)
                 except RuntimeError as err:  # e.g. out of memory
                     print(f"  {size} {label}: failed ({err})", flush=True)
@@ -142,9 +142,9 @@ def main(argv=None) -> int:
             h, w = parse_size(size)
             y = rng.random((h, w)).astype(np.float64)
             for label, fn in (
-                ("hyper-Laplacian α=2/3 (project baseline)", lambda: hyper_laplacian(y, kernel, 1600.0)),
-                ("Richardson–Lucy, 30 iterations (skimage)", lambda: richardson_lucy(y, kernel, 30)),
-                ("Wiener (skimage)", lambda: wiener(y, kernel, 0.01)),
+                ("hyper-Laplacian α=2/3 (project baseline)", lambda y=y: hyper_laplacian(y, kernel, 1600.0)),
+                ("Richardson–Lucy, 30 iterations (skimage)", lambda y=y: richardson_lucy(y, kernel, 30)),
+                ("Wiener (skimage)", lambda y=y: wiener(y, kernel, 0.01)),
             ):
                 t = median_time(fn, args.repeats, torch.device("cpu"))
                 rows.append((label, "cpu", size, t, None, None))

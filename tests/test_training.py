@@ -103,4 +103,5 @@ def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path):
     logs: list[str] = []
     cfg.finetune_steps = 6
     finetune_end_to_end(Cascade(2, gammas=[200.0, 20.0, 2.0]), src, cfg, ckpt, torch.device("cpu"), logs.append)
-    assert any("resumed at step 4/4" in m for m in logs)  # a finished phase is not repeated
+    assert any("resumed at step 4/6" in m for m in logs)  # continues to the new step count
+    assert torch.load(ckpt, weights_only=True)["step"] == 6

@@ -277,7 +277,8 @@ def train_stage(cascade: Cascade, stage: int, source: SampleSource, steps: int, 
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
-        steps = int(state.get("steps", steps))
+        if cfg.stage_seconds:  # a time-budgeted run keeps the step count it settled on
+            steps = int(state.get("steps", steps))
         log(f"stage {stage}: resumed at step {step}/{steps}")
 
     def save():
@@ -344,7 +345,9 @@ def finetune_end_to_end(cascade: Cascade, source: SampleSource, cfg: TrainConfig
         state = torch.load(ckpt, map_location=device, weights_only=True)
         cascade.load_state_dict(state["cascade"])
         opt.load_state_dict(state["opt"])
-        step, steps = int(state["step"]), int(state["steps"])
+        step = int(state["step"])
+        if cfg.finetune_seconds:  # a time-budgeted run keeps the step count it settled on
+            steps = int(state["steps"])
         log(f"fine-tuning: resumed at step {step}/{steps}")
 
     def save():
