@@ -40,7 +40,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -206,26 +205,8 @@ def run_stack(zyx: tuple[int, int, int], model: str, iterations: int, work: Path
 
 
 def replace_section(path: Path, body: str) -> None:
-    try:
-        sys.path.insert(0, str(HERE))
-        from markdown_sections import replace_section as _replace
-    except ImportError:  # pragma: no cover - standalone copy
-
-        def _replace(path, body, heading):
-            text = path.read_text() if path.is_file() else "# Benchmarks\n"
-            lines = text.splitlines(keepends=True)
-            start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
-            new = body.rstrip("\n") + "\n"
-            if start is None:
-                text = text.rstrip("\n") + "\n\n" + new
-            else:
-                end = next((i for i in range(start + 1, len(lines)) if re.match(r"^## (?!#)", lines[i])), len(lines))
-                tail = "".join(lines[end:])
-                text = "".join(lines[:start]) + new + ("\n" + tail if tail else "")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+    sys.path.insert(0, str(HERE))
+    from markdown_sections import replace_section as _replace
 
     _replace(path, body, SECTION)
 

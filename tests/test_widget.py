@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -21,6 +20,7 @@ pytest.importorskip("pytestqt")
 from napari.layers import Image  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
+from conftest import soft_threshold_cascade  # noqa: E402
 from napari_fcnn_deblur import Cascade, deblur, model_io, save_cascade  # noqa: E402
 from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
 from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER, DeblurWidget  # noqa: E402
@@ -32,21 +32,8 @@ PLUGIN, WIDGET = "napari-fcnn-deblur", "FCNN deblur"
 
 
 def shrinkage_cascade(n_stages: int = 3, gamma: float = 50.0, threshold: float = 0.03) -> Cascade:
-    """A cascade whose FCNNs compute soft-threshold(g, t) exactly: relu(g - t) - relu(-g - t)."""
-    cascade = Cascade(n_stages, gammas=[gamma] * (n_stages + 1), noise_level=0.01, metadata={"kind": "test"})
-    with torch.no_grad():
-        for den in cascade.denoisers:
-            convs = den.convs
-            for conv in convs:
-                conv.weight.zero_()
-                conv.bias.zero_()
-            c = convs[0].kernel_size[0] // 2
-            convs[0].weight[0, 0, c, c], convs[0].weight[1, 0, c, c] = 1.0, -1.0
-            convs[0].bias[:2] = -threshold
-            for conv in convs[1:-1]:  # carry both half-waves through unchanged (they are >= 0)
-                conv.weight[0, 0, 1, 1] = conv.weight[1, 1, 1, 1] = 1.0
-            convs[-1].weight[0, 0, 1, 1], convs[-1].weight[0, 1, 1, 1] = 1.0, -1.0
-    return cascade.eval()
+    """A cascade whose FCNNs compute soft-threshold(g, t) exactly (conftest.soft_threshold_cascade)."""
+    return soft_threshold_cascade(n_stages, thresholds=(threshold,) * n_stages, gammas=(gamma,) * (n_stages + 1))
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,17 @@ class GradientDenoiser(nn.Module):
         return [m for m in self.net if isinstance(m, nn.Conv2d)]
 
 
+def apply_network(net: nn.Module, t: torch.Tensor, channels_last: bool = True,
+                  autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Run ``net`` on ``(N, 1, H, W)`` in the requested memory format and precision; fp32 out."""
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    if autocast_dtype is None:
+        return net(t)
+    with torch.autocast(device_type=t.device.type, dtype=autocast_dtype):
+        return net(t).float()
+
+
 def denoise_gradients(
     net: nn.Module,
     grad_x: torch.Tensor,
@@ -60,16 +71,7 @@ def denoise_gradients(
     gy_t = grad_y.transpose(-1, -2)
 
     def run(t: torch.Tensor) -> torch.Tensor:
-        t = t[:, None]
-        if channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
-        if autocast_dtype is not None:
-            with torch.autocast(device_type=t.device.type, dtype=autocast_dtype):
-                out = net(t)
-            out = out.float()
-        else:
-            out = net(t)
-        return out[:, 0].contiguous()
+        return apply_network(net, t[:, None], channels_last, autocast_dtype)[:, 0].contiguous()
 
     if grad_x.shape == gy_t.shape:
         both = run(torch.cat([grad_x, gy_t], dim=0))

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .fft_deconv import EPSILON, padding_geometry
-from .gradient_denoiser import RECEPTIVE_RADIUS
+from .gradient_denoiser import RECEPTIVE_RADIUS, apply_network
 
 #: Assumed memory of fp32 network inference per padded tile pixel (bytes).
 BYTES_PER_PIXEL = 1200
@@ -203,16 +203,7 @@ def _tile_starts(n: int, core: int) -> list[tuple[int, int]]:
 
 
 def _apply_net(net: torch.nn.Module, g: torch.Tensor, channels_last: bool, autocast_dtype) -> torch.Tensor:
-    t = g[None, None]
-    if channels_last:
-        t = t.contiguous(memory_format=torch.channels_last)
-    if autocast_dtype is not None:
-        with torch.autocast(device_type=t.device.type, dtype=autocast_dtype):
-            out = net(t)
-        out = out.float()
-    else:
-        out = net(t)
-    return out[0, 0]
+    return apply_network(net, g[None, None], channels_last, autocast_dtype)[0, 0]
 
 
 def denoise_gradients_tiled(
