@@ -49,6 +49,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / "results" / "quality_cache.json"
+#: Appended to our cascades' cache keys: results computed by an older engine (padding up to an
+#: FFT-friendly size, before 2026-11-26) are not reused for them.
+ENGINE_TAG = "+pad-k"
 SECTION = "## Quality"
 
 
@@ -184,8 +187,8 @@ def scores(est: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 class CascadeMethod:
     """A cascade run through the public ``deblur_stages``; one run yields every stage."""
 
-    def __init__(self, label: str, tag: str, cascade):
-        self.label, self.tag, self.cascade = label, tag, cascade
+    def __init__(self, label: str, tag: str, cascade, precision: str = "fp32"):
+        self.label, self.tag, self.cascade, self.precision = label, tag, cascade, precision
         self.n = cascade.n_stages
 
     def keys(self) -> list[str]:
@@ -199,7 +202,8 @@ class CascadeMethod:
         next(warm)  # untimed: creates the FFT plans for this shape, so the order of the methods does not matter
         warm.close()
         t0 = time.perf_counter()
-        for st in deblur_stages(y, kernel, noise_level=level, iterations=self.n, device="cpu", model=self.cascade):
+        for st in deblur_stages(y, kernel, noise_level=level, iterations=self.n, device="cpu", model=self.cascade,
+                                precision=self.precision):
             elapsed = time.perf_counter() - t0
             out[f"{self.tag}:s{st.stage}"] = (*scores(st.image, gt), elapsed)
         return out
@@ -292,6 +296,7 @@ def parse_args(argv=None):
         "--rl-iterations", type=int, nargs="+", default=None, help="tuning grid of the Richardson–Lucy iteration count"
     )
     ap.add_argument("--seed", type=int, default=0, help="noise seed offset")
+    ap.add_argument("--bf16", action="store_true", help="also run our cascade with bf16 networks (precision='bf16')")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     return ap.parse_args(argv)
 
@@ -326,8 +331,12 @@ def main(argv=None) -> int:
             (args.model_dir / f"fcnn_noise{level:.2f}.safetensors") if args.model_dir else shipped_model_path(level)
         )
         if model_path.is_file():
-            ours = CascadeMethod("ours", f"ours@{file_digest([model_path])}", load_cascade(model_path))
+            digest = file_digest([model_path])
+            ours = CascadeMethod("ours", f"ours@{digest}{ENGINE_TAG}", load_cascade(model_path))
             methods.append(("ours", ours))
+            if args.bf16:
+                methods.append(("ours-bf16", CascadeMethod("ours-bf16", f"ours-bf16@{digest}{ENGINE_TAG}",
+                                                           ours.cascade, precision="bf16")))
         else:
             methods.append(("ours", "not installed"))
         released = "not available"
@@ -340,7 +349,7 @@ def main(argv=None) -> int:
                 from napari_fcnn_deblur.matconvnet_import import load_matconvnet_cascade
 
                 released = CascadeMethod(
-                    "released", f"released@{file_digest(rdir.glob('*.mat'))}", load_matconvnet_cascade(rdir)
+                    "released", f"released@{file_digest(rdir.glob('*.mat'))}{ENGINE_TAG}", load_matconvnet_cascade(rdir)
                 )
         methods.append(("released", released))
         info[level] = {"model": str(model_path), "methods": methods, "tuning": {}}
@@ -420,9 +429,10 @@ def _method_rows(level, fam, info):
     """[(row label, cache method key or None, note)] for one level and kernel family."""
     rows = [("Blurry input (no deblurring)", "input", None)]
     for kind, m in info[level]["methods"]:
-        name = (
-            "Ours (this package)" if kind == "ours" else "Released cascade (Zhang et al., via load_matconvnet_cascade)"
-        )
+        name = {
+            "ours": "Ours (this package)",
+            "ours-bf16": "Ours (this package), bf16 networks",
+        }.get(kind, "Released cascade (Zhang et al., via load_matconvnet_cascade)")
         if isinstance(m, CascadeMethod):
             stages = range(m.n + 1) if fam == "kernels" else [m.n]
             for s in stages:

@@ -345,6 +345,10 @@ def main(argv=None) -> int:
     from napari_fcnn_deblur.tiling import auto_tile_size
 
     env = machine()
+    from napari_fcnn_deblur.api import check_precision
+
+    # the runs use deblur's default precision="auto": say what it meant here
+    env += ", networks in " + ("bf16" if check_precision("auto", torch.device("cpu")) else "fp32") + ' (precision="auto")'
     tile = args.tile_size or auto_tile_size(torch.device("cpu"))
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)

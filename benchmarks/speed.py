@@ -124,7 +124,9 @@ def main(argv=None) -> int:
             variants = [("fp32", None, fp32)]
             if bf:
                 variants.append(("bf16 autocast", torch.bfloat16, bf))
-            for label, ac, ceiling in variants:
+            for label, ac, _ in variants:
+                # the ceiling is re-measured next to each row: this shared machine's speed drifts by ±30 %
+                ceiling = matmul_ceiling(dev, ac or torch.float32)
                 try:
                     t = median_time(lambda plane=plane, cascade=cascade, dev=dev, ac=ac: run_planes(plane, kernel, cascade, args.iterations, dev, True, ac),
                                     args.repeats, dev)
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
                     print(f"  {size} {label}: failed ({err})", flush=True)
                     continue
                 gf = flops / t / 1e9
-                rows.append((f"cascade, {args.iterations} stages, {label}", dev.type, size, t, gf, gf / ceiling))
+                rows.append((f"cascade, {args.iterations} stages, {label}", dev.type, size, t, gf, gf / ceiling, ceiling))
                 print(f"  {size} cascade {label}: {t:.3f} s, {gf:.0f} GFLOP/s ({100 * gf / ceiling:.0f} % of matmul)",
                       flush=True)
     if not args.skip_baselines:
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
                 ("Wiener (skimage)", lambda y=y: wiener(y, kernel, 0.01)),
             ):
                 t = median_time(fn, args.repeats, torch.device("cpu"))
-                rows.append((label, "cpu", size, t, None, None))
+                rows.append((label, "cpu", size, t, None, None, None))
                 print(f"  {size} {label}: {t:.3f} s", flush=True)
 
     lines = [
@@ -157,17 +159,18 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} CPU threads): median of {args.repeats} runs after a warm-up, random "
         f"float32 images, a {args.kernel_size}×{args.kernel_size} kernel, {args.iterations} iterations. "
         "GFLOP/s counts the cascade's convolutions (2 × 149,632 MACs per padded pixel per gradient image "
-        "per stage) and FFTs; the fraction is of the same device's matmul rate in the same precision.",
+        "per stage) and FFTs; the fraction is of the same device's matmul rate in the same precision, measured just before that row (this shared machine drifts by up to ±30 % between minutes).",
         "",
         "| device | processor | CPU threads | matmul fp32 GFLOP/s | matmul bf16 GFLOP/s |",
         "|---|---|---:|---:|---:|",
     ]
     for d, name, thr, fp32, bf in ceil_rows:
         lines.append(f"| {d} | {name} | {thr or ''} | {fp32:.0f} | {'' if bf is None else f'{bf:.0f}'} |")
-    lines += ["", "| method | device | image (W×H) | seconds | GFLOP/s | fraction of ceiling |", "|---|---|---|---:|---:|---:|"]
-    for label, d, size, t, gf, frac in rows:
+    lines += ["", "| method | device | image (W×H) | seconds | GFLOP/s | matmul GFLOP/s next to it | fraction of ceiling |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for label, d, size, t, gf, frac, ceil in rows:
         lines.append(f"| {label} | {d} | {size} | {t:.3f} | {'' if gf is None else f'{gf:.0f}'} | "
-                     f"{'' if frac is None else f'{100 * frac:.0f} %'} |")
+                     f"{'' if ceil is None else f'{ceil:.0f}'} | {'' if frac is None else f'{100 * frac:.0f} %'} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out is not None:

@@ -325,6 +325,20 @@ def test_widget_stays_usable_after_an_error(setup, qtbot, case, notes):
     assert "blurry stage 1" in viewer.layers
 
 
+def test_bf16_precision_choice_reaches_the_engine(setup, qtbot, case, notes):
+    viewer, widget = setup
+    widget.iterations.value = 1
+    widget.precision.value = "bf16"
+    run_and_wait(qtbot, widget)
+    out = viewer.layers["blurry stage 1"].data
+    model = widget.model_file.value
+    bf = deblur(case["blurry"], case["kernel"], 0.01, 1, "cpu", model, precision="bf16")
+    fp = deblur(case["blurry"], case["kernel"], 0.01, 1, "cpu", model)
+    np.testing.assert_allclose(out, bf, atol=1e-5)
+    assert np.abs(out - fp).max() > 0  # really the bf16 networks, not fp32
+    assert not [n for n in notes() if n[0] == "error"]
+
+
 def test_pickers_offer_image_layers_and_small_2d_kernels(setup):
     viewer, widget = setup
     viewer.add_points(np.zeros((2, 2)), name="points")

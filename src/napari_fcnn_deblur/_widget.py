@@ -91,6 +91,7 @@ class _Job:
     plane_indices: tuple[tuple[int, ...], ...]  # leading-axis index of each plane to deblur
     preview: bool
     kernel_name: str = ""  # the kernel layer's name, or the generated PSF's description
+    precision: str = "auto"
 
 
 @dataclass
@@ -224,7 +225,7 @@ def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated
                 job = dataclasses.replace(job, noise_level=float(np.clip(est, 0.0, 0.5)))
                 yield _NoiseEstimated(job.noise_level)
             for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model,
-                                        intensity_range=intensity_range):
+                                        intensity_range=intensity_range, precision=job.precision):
                 yield _StageDone(n, result)
         except Exception as err:  # reported as a notification by the GUI thread, never re-raised
             yield _explain(err, job, index)
@@ -331,6 +332,8 @@ class DeblurWidget(Container):
         self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
         self.iterations = SpinBox(label="Iterations", min=1, max=DEFAULT_STAGES, value=DEFAULT_STAGES)
         self.device = ComboBox(label="Device", choices=["auto", *available_devices()], value="auto")
+        self.precision = ComboBox(label="Precision", choices=[("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16")],
+                                  value="auto")
         self.show_gradients = CheckBox(text="show gradients", value=False)
         self.model_source = ComboBox(label="Model", choices=[SHIPPED, FROM_FILE], value=SHIPPED)
         self.model_file = FileEdit(label="Model file", mode="r", filter="*.safetensors")
@@ -355,6 +358,7 @@ class DeblurWidget(Container):
                 self.noise_level,
                 self.iterations,
                 self.device,
+                self.precision,
                 self.show_gradients,
                 self.model_source,
                 self.model_file,
@@ -598,6 +602,7 @@ class DeblurWidget(Container):
             plane_indices=indices,
             preview=preview,
             kernel_name=kernel_name,
+            precision=str(self.precision.value),
         )
 
     def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:

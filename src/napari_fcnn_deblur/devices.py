@@ -40,3 +40,27 @@ def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'")
     return dev
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (not emulated, which can be slower than fp32).
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later).  CPU: the AVX-512 BF16 or
+    AMX-BF16 instructions (read from ``/proc/cpuinfo``; other systems answer False).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False

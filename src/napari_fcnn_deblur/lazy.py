@@ -131,10 +131,11 @@ def _deblur_block(
     model,
     tile_size,
     rgb: bool,
+    precision: str = "auto",
     block_info=None,
 ) -> np.ndarray:
     """One task: deblur the plane(s) of one chunk (whole Y, X), in the input's units, float32."""
-    from .api import _model_on, run_planes_auto
+    from .api import _model_on, check_precision, run_planes_auto
     from .devices import resolve_device
     from .model_io import get_model
 
@@ -148,7 +149,8 @@ def _deblur_block(
         planes = np.moveaxis(block, -1, 0)
     else:
         planes = block.reshape((-1,) + block.shape[-2:])
-    result = run_planes_auto(scaling.forward(planes), kernel, cascade, iterations, dev, tile_size)
+    result = run_planes_auto(scaling.forward(planes), kernel, cascade, iterations, dev, tile_size,
+                             autocast_dtype=check_precision(precision, dev))
     result = scaling.inverse(result)
     if rgb:
         return np.ascontiguousarray(np.moveaxis(result, 0, -1), dtype=np.float32)
@@ -156,13 +158,13 @@ def _deblur_block(
 
 
 def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", model=None, tile_size=None,
-                intensity_range=None) -> da.Array:
+                intensity_range=None, precision="auto") -> da.Array:
     """Lazy :func:`~napari_fcnn_deblur.deblur` of a dask array (see the module docstring).
 
     Arguments are checked (and the model loaded once, to check it) now; a
     ``ValueError`` comes before any plane is deblurred.
     """
-    from .api import _check_iterations, _check_noise, _is_auto
+    from .api import _check_iterations, _check_noise, _is_auto, check_precision
     from .devices import resolve_device
     from .model_io import get_model
     from .tiling import check_tile_size
@@ -175,6 +177,7 @@ def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", mo
     if not _is_auto(noise_level):
         nl = _check_noise(noise_level)
     dev = resolve_device(device)
+    check_precision(precision, dev)
     tile_size = check_tile_size(tile_size)
     if intensity_range is None:
         scaling = lazy_intensity_scaling(a[..., :3] if rgb else a)
@@ -203,6 +206,7 @@ def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", mo
         task_device,
         task_model if not hasattr(task_model, "state_dict") else id(task_model),
         tile_size,
+        precision,
     )
     return a.map_blocks(
         _deblur_block,
@@ -214,6 +218,7 @@ def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", mo
         task_model,
         tile_size,
         rgb,
+        precision,
         dtype=np.float32,
         meta=np.empty((0,) * a.ndim, np.float32),
         name=f"{TASK_PREFIX}-{token}",

@@ -303,11 +303,13 @@ def run_planes_tiled(
     device: torch.device,
     tile_size: int,
     progress: Callable[[int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """:func:`deblur_plane_tiled` on every plane of ``(N, Y, X)``; ``progress(1)`` after each plane."""
     out = np.empty(planes.shape, np.float32)
     for i in range(len(planes)):
-        out[i] = deblur_plane_tiled(planes[i], kernel, cascade, iterations, device, tile_size)
+        out[i] = deblur_plane_tiled(planes[i], kernel, cascade, iterations, device, tile_size,
+                                    autocast_dtype=autocast_dtype)
         if progress is not None:
             progress(1)
     return out

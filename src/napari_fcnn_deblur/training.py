@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .cascade import Cascade
 from .fft_deconv import image_gradients
-from .gradient_denoiser import RECEPTIVE_RADIUS
+from .gradient_denoiser import RECEPTIVE_RADIUS, match_memory_format
 from .model_io import save_cascade
 from .motion_kernels import embed_centered, random_motion_kernel
 
@@ -91,6 +91,18 @@ class TrainConfig:
             patch=32, batch=2, steps_first=(6, 4, 3), steps_warm=(3, 2, 2), gamma_steps=3, gamma_batch=2,
             finetune_steps=3, finetune_batch=2,
             gamma_inits=(1.0, 2.0), checkpoint_minutes=0.0, val_images=1, val_kernels=1, val_size=64,
+        )
+
+    @classmethod
+    def cpu_finetune(cls) -> "TrainConfig":
+        """End-to-end fine-tuning only (no stage-wise steps), 25 min per level on 2 CPU cores.
+
+        Meant for ``--init-from`` an installed set of cascades: every FCNN and γ move together on
+        the final image's L1 loss, then γ are re-checked from the fine-tuned values.
+        """
+        return cls(
+            steps_first=(0, 0, 0), steps_warm=(0, 0, 0), finetune_steps=100000, finetune_batch=4,
+            finetune_seconds=1500.0, finetune_lr=5e-5, gamma_steps=20, gamma_inits=(1.0,),
         )
 
     @classmethod
@@ -270,6 +282,8 @@ def train_stage(cascade: Cascade, stage: int, source: SampleSource, steps: int, 
                 ckpt: Path, device: torch.device, log) -> None:
     """Train stage ``stage``'s FCNN (eq. 7) for ``steps`` optimiser steps, resuming from ``ckpt``."""
     net = cascade.denoisers[stage - 1]
+    # training feeds contiguous tensors: weights left channels_last by an inference run would be ~2× slower
+    match_memory_format(net, torch.contiguous_format)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
     if ckpt.is_file():
