@@ -500,6 +500,8 @@ def _cmd_train(args) -> int:
         cfg.noise_levels = tuple(args.noise)
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.finetune_minutes is not None:
+        cfg.finetune_seconds = 60.0 * args.finetune_minutes
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -598,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--install-to", default=None, help="copy final models here if they validate higher")
     t.add_argument("--seed", type=int, default=None, help="data seed (use a new one when continuing a run)")
+    t.add_argument("--finetune-minutes", type=float, default=None,
+                   help="wall-clock budget of the end-to-end fine-tuning phase per level (presets that have one)")
     t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")
     t.set_defaults(func=_cmd_train)
 

@@ -539,11 +539,11 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                         cascade.denoisers[s - 1].load_state_dict(src.state_dict())
                 source = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}S{s}")
                 train_stage(cascade, s, source, steps[s - 1], cfg, ckpt, device, lg)
-                lg(f"stage {s} done; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
+                lg(f"stage {s} done; val PSNR per stage {[round(float(v), 3) for v in validate(cascade, val, device)]}")
             if cfg.finetune_steps:
                 fsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}F")
                 finetune_end_to_end(cascade, fsource, cfg, lvl_dir / "finetune.pt", device, lg)
-                lg(f"fine-tuned; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
+                lg(f"fine-tuned; val PSNR per stage {[round(float(v), 3) for v in validate(cascade, val, device)]}")
             gsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}G")
             ginfo = train_gammas(cascade, gsource, cfg, val, device, lg)
             per_stage = validate(cascade, val, device)
@@ -552,13 +552,13 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                 train_data=str(Path(train_dir).name),
                 device=str(device),
                 train_seconds=f"{time.time() - t_level:.0f}",
-                val_psnr_per_stage=json.dumps([round(v, 3) for v in per_stage]),
+                val_psnr_per_stage=json.dumps([round(float(v), 3) for v in per_stage]),
                 gamma_init_factor=str(ginfo["gamma_init_factor"]),
                 config=json.dumps(asdict(cfg)),
             )
             save_cascade(cascade.cpu(), final)
             cascade.to(device)
-            lg(f"final γ {[round(v, 4) for v in cascade.gammas.tolist()]}; val PSNR per stage {[round(v, 3) for v in per_stage]}")
+            lg(f"final γ {[round(v, 4) for v in cascade.gammas.tolist()]}; val PSNR per stage {[round(float(v), 3) for v in per_stage]}")
         per_stage = validate(cascade, val, device)
         report[level] = {"val_psnr_per_stage": per_stage, "gammas": cascade.gammas.tolist()}
         if models_dir is not None:
