@@ -410,7 +410,9 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
     for p in cascade.denoisers.parameters():
         p.requires_grad_(False)
     start = cascade.log_gammas.detach().clone()
-    results = []
+    # the starting γ compete too: a short γ run must never leave the cascade worse than it found it
+    results = [(validate(cascade, val, device)[-1], start.clone(), "start")]
+    log(f"gamma start: γ = {[round(v, 4) for v in cascade.gammas.tolist()]} val PSNR {results[0][0]:.3f}")
     for f in cfg.gamma_inits:
         with torch.no_grad():
             cascade.log_gammas.copy_(start + math.log(f))
