@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -141,8 +142,6 @@ def check_precision(precision, device: torch.device) -> torch.dtype | None:
     ran 2–3× faster (``docs/benchmarks.md``).  The environment variable :data:`PRECISION_ENV`
     overrides what "auto" means.
     """
-    import os
-
     from .devices import has_fast_bf16
 
     key = str(precision).strip().lower() if isinstance(precision, str) else precision
