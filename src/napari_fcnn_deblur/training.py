@@ -540,6 +540,8 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                     if src is not None:
                         cascade.denoisers[s - 1].load_state_dict(src.state_dict())
                 source = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}S{s}")
+                if steps[s - 1] == 0:  # e.g. the fine-tuning-only preset: nothing to train or validate here
+                    continue
                 train_stage(cascade, s, source, steps[s - 1], cfg, ckpt, device, lg)
                 lg(f"stage {s} done; val PSNR per stage {[round(float(v), 3) for v in validate(cascade, val, device)]}")
             if cfg.finetune_steps:
