@@ -3,6 +3,8 @@
 #   scripts/train.sh cpu   # the recipe used for the shipped models (2 CPU cores, see docs/models.md)
 #   scripts/train.sh gpu   # the same command sized for one H100-class GPU (well under 8 minutes)
 #   scripts/train.sh tiny  # a few steps: checks the whole pipeline (used by the tests)
+# Arguments after the preset go to `fcnn-deblur train`, e.g. to continue from the shipped models:
+#   DEVICE=cuda scripts/train.sh gpu --init-from src/napari_fcnn_deblur/models --seed 2
 # SHARED defaults to ../shared (the project's data folder); interrupted runs resume where they stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +16,4 @@ INSTALL=()
 if [ "$PRESET" != "tiny" ]; then INSTALL=(--install-to src/napari_fcnn_deblur/models); fi
 exec fcnn-deblur train --preset "$PRESET" --device "$DEVICE" \
   --data "$SHARED/data/train/train400" --val "$SHARED/data/val/set12" \
-  --val-kernels "$SHARED/data/kernels/levin" --out "$OUT" "${INSTALL[@]}"
+  --val-kernels "$SHARED/data/kernels/levin" --out "$OUT" "${INSTALL[@]}" "${@:2}"
