@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-size", type=int, default=27)
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model", default=None, help="cascade file (default: the shipped 1 % model)")
+    ap.add_argument("--model", default=None, help="cascade file (default: the shipped 1 %% model)")
     ap.add_argument("--devices", nargs="*", default=None, help="default: every device here")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="markdown file; its '## Speed' section is replaced")
@@ -121,10 +121,10 @@ def main(argv=None) -> int:
             h, w = parse_size(size)
             plane = rng.random((1, h, w), dtype=np.float32)
             flops = cascade_flops((h, w), kernel.shape, args.iterations)
-            variants = [("fp32", None, fp32)]
+            variants = [("fp32", None)]
             if bf:
-                variants.append(("bf16 autocast", torch.bfloat16, bf))
-            for label, ac, _ in variants:
+                variants.append(("bf16 autocast", torch.bfloat16))
+            for label, ac in variants:
                 # the ceiling is re-measured next to each row: this shared machine's speed drifts by ±30 %
                 ceiling = matmul_ceiling(dev, ac or torch.float32)
                 try:

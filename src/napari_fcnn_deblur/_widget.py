@@ -37,7 +37,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from . import model_io, psf
-from .api import StageResult, deblur_stages
+from .api import PRECISIONS, StageResult, deblur_stages
 from .devices import available_devices
 from .intensity import intensity_scaling
 from .kernel_checks import prepare_kernel
@@ -332,8 +332,7 @@ class DeblurWidget(Container):
         self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
         self.iterations = SpinBox(label="Iterations", min=1, max=DEFAULT_STAGES, value=DEFAULT_STAGES)
         self.device = ComboBox(label="Device", choices=["auto", *available_devices()], value="auto")
-        self.precision = ComboBox(label="Precision", choices=[("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16")],
-                                  value="auto")
+        self.precision = ComboBox(label="Precision", choices=["auto", *PRECISIONS], value="auto")
         self.show_gradients = CheckBox(text="show gradients", value=False)
         self.model_source = ComboBox(label="Model", choices=[SHIPPED, FROM_FILE], value=SHIPPED)
         self.model_file = FileEdit(label="Model file", mode="r", filter="*.safetensors")

@@ -524,6 +524,9 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .api import PRECISIONS
+
+    precision_choices = ["auto", *PRECISIONS]
     ap = argparse.ArgumentParser(prog="fcnn-deblur", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -566,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run through dask: 'threads', 'processes', or the address of a dask.distributed scheduler",
     )
     d.add_argument("--save-stages", action="store_true", help="also write OUT_stage<k> for every stage")
-    d.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    d.add_argument("--precision", choices=precision_choices, default="auto",
                    help="arithmetic of the networks; auto = bf16 where the CPU/GPU has it natively (2-3x faster)")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--quiet", "-q", action="store_true")
@@ -578,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--iterations", type=int, default=3)
     m.add_argument("--device", default="auto")
     m.add_argument("--model", default=None)
-    m.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    m.add_argument("--precision", choices=precision_choices, default="auto")
     m.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("import-matconvnet", help="convert a released MatConvNet cascade folder to a .safetensors file")

@@ -474,7 +474,7 @@ def validate(cascade: Cascade, cases, device) -> list[float]:
             for o in outs:
                 est = o.image[0].clamp(0, 1).cpu().numpy()
                 sums[o.stage] += 10 * np.log10(1.0 / np.mean((est - gt) ** 2))
-    return list(sums / len(cases))
+    return [float(v) for v in sums / len(cases)]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -519,6 +519,7 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
 
             cascade = load_cascade(final).to(device)
             lg("already trained, loaded")
+            per_stage = validate(cascade, val, device)
         else:
             gam = DEFAULT_GAMMAS.get(level, DEFAULT_GAMMAS[0.01])[: cfg.n_stages + 1]
             cascade = Cascade(cfg.n_stages, gammas=gam, noise_level=level).to(device)
@@ -539,15 +540,15 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                         cascade.denoisers[s - 2] if s > 1 else None)
                     if src is not None:
                         cascade.denoisers[s - 1].load_state_dict(src.state_dict())
-                source = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}S{s}")
                 if steps[s - 1] == 0:  # e.g. the fine-tuning-only preset: nothing to train or validate here
                     continue
+                source = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}S{s}")
                 train_stage(cascade, s, source, steps[s - 1], cfg, ckpt, device, lg)
-                lg(f"stage {s} done; val PSNR per stage {[round(float(v), 3) for v in validate(cascade, val, device)]}")
+                lg(f"stage {s} done; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
             if cfg.finetune_steps:
                 fsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}F")
                 finetune_end_to_end(cascade, fsource, cfg, lvl_dir / "finetune.pt", device, lg)
-                lg(f"fine-tuned; val PSNR per stage {[round(float(v), 3) for v in validate(cascade, val, device)]}")
+                lg(f"fine-tuned; val PSNR per stage {[round(v, 3) for v in validate(cascade, val, device)]}")
             gsource = SampleSource(images, cfg.patch, level, cfg.noise_jitter, cfg.seed, f"L{level}G")
             ginfo = train_gammas(cascade, gsource, cfg, val, device, lg)
             per_stage = validate(cascade, val, device)
@@ -556,30 +557,29 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                 train_data=str(Path(train_dir).name),
                 device=str(device),
                 train_seconds=f"{time.time() - t_level:.0f}",
-                val_psnr_per_stage=json.dumps([round(float(v), 3) for v in per_stage]),
+                val_psnr_per_stage=json.dumps([round(v, 3) for v in per_stage]),
                 gamma_init_factor=str(ginfo["gamma_init_factor"]),
                 config=json.dumps(asdict(cfg)),
             )
             save_cascade(cascade.cpu(), final)
             cascade.to(device)
-            lg(f"final γ {[round(v, 4) for v in cascade.gammas.tolist()]}; val PSNR per stage {[round(float(v), 3) for v in per_stage]}")
-        per_stage = validate(cascade, val, device)
+            lg(f"final γ {[round(v, 4) for v in cascade.gammas.tolist()]}; val PSNR per stage {[round(v, 3) for v in per_stage]}")
         report[level] = {"val_psnr_per_stage": per_stage, "gammas": cascade.gammas.tolist()}
         if models_dir is not None:
-            _install_if_better(final, Path(models_dir) / f"fcnn_noise{level:.2f}.safetensors", val, device, lg)
+            target = Path(models_dir) / f"fcnn_noise{level:.2f}.safetensors"
+            _install_if_better(final, per_stage[-1], target, val, device, lg)
         prev_level_cascade = cascade
         logf.close()
     (out_dir / "report.json").write_text(json.dumps({str(k): v for k, v in report.items()}, indent=1))
     return report
 
 
-def _install_if_better(candidate: Path, target: Path, val, device, log) -> None:
-    """Copy ``candidate`` over ``target`` only if it validates higher (final-stage PSNR)."""
+def _install_if_better(candidate: Path, new: float, target: Path, val, device, log) -> None:
+    """Copy ``candidate`` (final-stage validation PSNR ``new``) over ``target`` only if it validates higher."""
     import shutil
 
     from .model_io import load_cascade
 
-    new = validate(load_cascade(candidate).to(device), val, device)[-1]
     if target.is_file():
         old = validate(load_cascade(target).to(device), val, device)[-1]
         if old >= new:
