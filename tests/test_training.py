@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_fcnn_deblur.cascade import Cascade
@@ -105,3 +106,45 @@ def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path):
     finetune_end_to_end(Cascade(2, gammas=[200.0, 20.0, 2.0]), src, cfg, ckpt, torch.device("cpu"), logs.append)
     assert any("resumed at step 4/6" in m for m in logs)  # continues to the new step count
     assert torch.load(ckpt, weights_only=True)["step"] == 6
+
+
+def test_extension_run_appends_a_stage_and_keeps_earlier_ones_exact(tmp_path):
+    """``--preset cpu-extend``: a stage is appended and trained; stages before it and their γ are untouched."""
+    import imageio.v3 as iio
+
+    from napari_fcnn_deblur.model_io import load_cascade, save_cascade
+    from napari_fcnn_deblur.training import extend_cascade, train_all
+
+    torch.manual_seed(2)
+    for sub in ("train", "val", "kern", "init"):
+        (tmp_path / sub).mkdir()
+    for i, im in enumerate(_images()):
+        iio.imwrite(tmp_path / "train" / f"{i}.png", (im * 255).astype(np.uint8))
+    iio.imwrite(tmp_path / "val" / "v.png", (_images()[3] * 255).astype(np.uint8))
+    np.save(tmp_path / "kern" / "k.npy", random_motion_kernel(np.random.default_rng(3)))
+    base = Cascade(2, gammas=[200.0, 20.0, 2.0], noise_level=0.03)
+    save_cascade(base, tmp_path / "init" / "fcnn_noise0.03.safetensors")
+
+    with pytest.raises(ValueError, match="cannot shrink"):
+        extend_cascade(base, 1, 0.3)
+
+    cfg = TrainConfig.cpu_extend()
+    cfg.n_stages, cfg.train_gammas_from = 3, 3
+    cfg.noise_levels, cfg.patch, cfg.batch, cfg.stage_seconds = (0.03,), 24, 2, 0.0
+    cfg.steps_first = cfg.steps_warm = (0, 0, 5)
+    cfg.gamma_steps, cfg.gamma_batch, cfg.checkpoint_minutes = 3, 2, 0.0
+    cfg.val_images, cfg.val_kernels, cfg.val_size = 1, 1, 48
+    report = train_all(tmp_path / "train", tmp_path / "val", tmp_path / "kern", tmp_path / "run", cfg,
+                       torch.device("cpu"), init_dir=tmp_path / "init", log=lambda m: None)
+    ext = load_cascade(tmp_path / "run" / "noise0.03" / "cascade.safetensors")
+    assert ext.n_stages == 3 and len(report[0.03]["val_psnr_per_stage"]) == 4
+    assert torch.equal(ext.log_gammas[:3], base.log_gammas)  # frozen γ, bit for bit
+    assert ext.gammas[3] <= ext.gammas[2]
+    for s in range(2):
+        for a, b in zip(ext.denoisers[s].parameters(), base.denoisers[s].parameters()):
+            assert torch.equal(a, b)
+    # the new stage was trained: it no longer equals the stage it was copied from
+    assert any(not torch.equal(a, b) for a, b in zip(ext.denoisers[2].parameters(), base.denoisers[1].parameters()))
+    y, k = torch.rand(1, 40, 40), torch.ones(5, 5) / 25
+    with torch.no_grad():
+        assert torch.equal(ext(y, k, iterations=2), base(y, k))  # running 2 stages gives what the old cascade gave

@@ -495,13 +495,15 @@ def _cmd_train(args) -> int:
     from .training import TrainConfig, train_all
 
     cfg = {"cpu": TrainConfig, "cpu-finetune": TrainConfig.cpu_finetune, "gpu": TrainConfig.gpu,
-           "tiny": TrainConfig.tiny}[args.preset]()
+           "tiny": TrainConfig.tiny, "cpu-extend": TrainConfig.cpu_extend}[args.preset]()
     if args.noise:
         cfg.noise_levels = tuple(args.noise)
     if args.seed is not None:
         cfg.seed = args.seed
     if args.finetune_minutes is not None:
         cfg.finetune_seconds = 60.0 * args.finetune_minutes
+    if args.stage_minutes is not None:
+        cfg.stage_seconds = 60.0 * args.stage_minutes
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -596,8 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val", required=True, help="folder of sharp validation images")
     t.add_argument("--val-kernels", required=True, help="folder of validation kernels (.npy/.png)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs, final models")
-    t.add_argument("--preset", choices=["cpu", "cpu-finetune", "gpu", "tiny"], default="cpu",
-                   help="cpu: stage-wise recipe; cpu-finetune: end-to-end only (with --init-from); gpu; tiny: a check")
+    t.add_argument("--preset", choices=["cpu", "cpu-finetune", "cpu-extend", "gpu", "tiny"], default="cpu",
+                   help="cpu: stage-wise recipe; cpu-finetune: end-to-end only (with --init-from); "
+                        "cpu-extend: append and train a 4th stage (with --init-from); gpu; tiny: a check")
     t.add_argument("--noise", type=float, nargs="*", help="levels to train (default 0.01 0.03 0.05)")
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, default=None)
@@ -605,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="data seed (use a new one when continuing a run)")
     t.add_argument("--finetune-minutes", type=float, default=None,
                    help="wall-clock budget of the end-to-end fine-tuning phase per level (presets that have one)")
+    t.add_argument("--stage-minutes", type=float, default=None,
+                   help="wall-clock budget of each stage-wise phase (0 = the preset's step counts)")
     t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")
     t.set_defaults(func=_cmd_train)
 

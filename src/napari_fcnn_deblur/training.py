@@ -83,6 +83,12 @@ class TrainConfig:
     finetune_batch: int = 8
     finetune_lr: float = 1e-4
     finetune_seconds: float = 0.0
+    # γ of deconvolutions before this index stay fixed in the γ phase (an extension run keeps
+    # the earlier stages' outputs exactly as they were)
+    train_gammas_from: int = 0
+    # a stage appended to an ``--init-from`` cascade starts from its last FCNN, and the
+    # deconvolution after it from the last γ times this factor
+    new_stage_gamma_factor: float = 0.3
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
@@ -103,6 +109,19 @@ class TrainConfig:
         return cls(
             steps_first=(0, 0, 0), steps_warm=(0, 0, 0), finetune_steps=100000, finetune_batch=4,
             finetune_seconds=1500.0, finetune_lr=5e-5, gamma_steps=20, gamma_inits=(1.0,),
+        )
+
+    @classmethod
+    def cpu_extend(cls) -> "TrainConfig":
+        """Append a fourth stage to installed 3-stage cascades (``--init-from``) and train only it.
+
+        Stages 1–3 and their γ stay frozen, so running 3 iterations of the extended cascade gives
+        exactly what the 3-stage one gave; the new FCNN learns (eq. 7) from the stage-3 output,
+        warm-started from stage 3's weights, then only the new γ is fitted (eq. 8).
+        """
+        return cls(
+            n_stages=4, steps_first=(0, 0, 0, 100000), steps_warm=(0, 0, 0, 100000), stage_seconds=3600.0,
+            lr=5e-4, lr_final=1e-5, gamma_steps=30, gamma_inits=(1.0,), train_gammas_from=4,
         )
 
     @classmethod
@@ -415,7 +434,8 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
     log(f"gamma start: γ = {[round(v, 4) for v in cascade.gammas.tolist()]} val PSNR {results[0][0]:.3f}")
     for f in cfg.gamma_inits:
         with torch.no_grad():
-            cascade.log_gammas.copy_(start + math.log(f))
+            cascade.log_gammas.copy_(start)
+            cascade.log_gammas[cfg.train_gammas_from :] += math.log(f)
         opt = torch.optim.Adam([cascade.log_gammas], lr=0.05)
         t0 = time.time()
         for step, (y, k, x) in enumerate(batches(source, 0, cfg.gamma_steps, cfg.gamma_batch, device)):
@@ -426,6 +446,7 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
             loss = (out - sharp_target(x, cfg.patch)).abs().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            cascade.log_gammas.grad[: cfg.train_gammas_from] = 0  # frozen deconvolutions
             opt.step()
             with torch.no_grad():  # keep later stages' γ below earlier ones (paper, Sec. 3.3)
                 lg = cascade.log_gammas
@@ -440,6 +461,24 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
     for p in cascade.denoisers.parameters():
         p.requires_grad_(True)
     return {"gamma_init_factor": best[2], "val_psnr": best[0]}
+
+
+def extend_cascade(cascade: Cascade, n_stages: int, gamma_factor: float) -> Cascade:
+    """A copy of ``cascade`` with stages appended up to ``n_stages``.
+
+    Each new FCNN starts from the last existing one; each new γ is the previous γ × ``gamma_factor``
+    (later deconvolutions trust the denoised gradients more). The existing stages are unchanged.
+    """
+    if n_stages < cascade.n_stages:
+        raise ValueError(f"cannot shrink a {cascade.n_stages}-stage cascade to {n_stages}")
+    gammas = cascade.gammas.tolist()
+    while len(gammas) < n_stages + 1:
+        gammas.append(gammas[-1] * gamma_factor)
+    out = Cascade(n_stages, gammas=gammas, noise_level=cascade.noise_level, metadata=dict(cascade.metadata))
+    out.log_gammas.data[: cascade.n_stages + 1] = cascade.log_gammas.data  # bit-exact, no exp/log round trip
+    for s in range(n_stages):
+        out.denoisers[s].load_state_dict(cascade.denoisers[min(s, cascade.n_stages - 1)].state_dict())
+    return out.to(cascade.log_gammas.device)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -522,6 +561,8 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
             per_stage = validate(cascade, val, device)
         else:
             gam = DEFAULT_GAMMAS.get(level, DEFAULT_GAMMAS[0.01])[: cfg.n_stages + 1]
+            while len(gam) < cfg.n_stages + 1:  # more stages than the default schedules have
+                gam = gam + [gam[-1] * cfg.new_stage_gamma_factor]
             cascade = Cascade(cfg.n_stages, gammas=gam, noise_level=level).to(device)
             init = Path(init_dir) / f"fcnn_noise{level:.2f}.safetensors" if init_dir else None
             if init is not None and init.is_file():  # continue from an earlier run's cascade
@@ -530,6 +571,9 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                 cascade = load_cascade(init).to(device)
                 cascade.noise_level = level
                 lg(f"initialised from {init}")
+                if cascade.n_stages < cfg.n_stages:
+                    cascade = extend_cascade(cascade, cfg.n_stages, cfg.new_stage_gamma_factor).to(device)
+                    lg(f"extended to {cfg.n_stages} stages; γ {[round(v, 4) for v in cascade.gammas.tolist()]}")
             steps = cfg.steps_first if prev_level_cascade is None else cfg.steps_warm
             t_level = time.time()
             for s in range(1, cfg.n_stages + 1):
