@@ -67,3 +67,19 @@ def test_core_imports_without_qt():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_default_runs_every_stage_of_the_model(files, tmp_path):
+    """Without --iterations, a 4-stage model gives 4 stages (not a fixed 3)."""
+    from conftest import soft_threshold_cascade
+    from napari_fcnn_deblur.model_io import save_cascade
+
+    img, kern, _ = files
+    four = save_cascade(
+        soft_threshold_cascade(4, thresholds=(0.02, 0.01, 0.005, 0.003), gammas=(200.0, 60.0, 20.0, 5.0, 2.0)),
+        tmp_path / "four.safetensors",
+    )
+    out = tmp_path / "res.tif"
+    assert main(["deblur", str(img), "-k", str(kern), "--model", str(four), "-o", str(out), "--save-stages", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("res_stage*.tif")) == [f"res_stage{s}.tif" for s in range(5)]
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "res_stage4.tif"))

@@ -98,6 +98,8 @@ def _is_rgb(a: np.ndarray) -> bool:
 
 
 def _check_iterations(iterations, cascade: Cascade) -> int:
+    if iterations is None:  # every trained stage of the model
+        return cascade.n_stages
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
         raise ValueError(f"iterations must be an integer, got {iterations!r}")
     if not 0 <= iterations <= cascade.n_stages:
@@ -304,7 +306,7 @@ def deblur(
     image,
     kernel,
     noise_level: "float | str" = 0.01,
-    iterations: int = 3,
+    iterations: int | None = None,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
     tile_size: int | None = None,
@@ -327,8 +329,9 @@ def deblur(
         shipped model nearest to it (absolute difference; ties → the higher).
         "auto" estimates it (:func:`~.noise_estimation.estimate_noise_level`,
         reported with ``logging.info``).
-    iterations : int
-        FCNN stages to run, 0 (initial deconvolution only) to the model's count.
+    iterations : int or None
+        FCNN stages to run, 0 (initial deconvolution only) to the model's count;
+        None (default) runs all of them.
     device : "auto", "cpu", "cuda", "cuda:N" or "mps"
         "auto" picks CUDA, then MPS, then CPU.
     model : path, Cascade or None
@@ -392,7 +395,7 @@ def deblur_stages(
     image,
     kernel,
     noise_level: "float | str" = 0.01,
-    iterations: int = 3,
+    iterations: int | None = None,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
     intensity_range: tuple[float, float] | None = None,

@@ -420,20 +420,21 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
 
 
 def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -> int:
-    from .api import deblur_stages
+    from . import api
 
     image = _read_array(image_path)
     dtype = _default_dtype(out, args.dtype)
+    noise = _resolve_noise_eager(args, image)
+    # checked and the model loaded first: the stage count (default: all of the model's) names the files
+    prepared = api._prepare(image, kernel, noise, args.iterations, args.device, args.model, precision=args.precision)
     stage_paths = []
-    for s in range(args.iterations + 1):
+    for s in range(prepared.iterations + 1):
         p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
         if p.exists() and not args.overwrite:
             raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
         stage_paths.append(p)
-    noise = _resolve_noise_eager(args, image)
     last = None
-    for res in deblur_stages(image, kernel, noise, args.iterations, args.device, args.model,
-                             precision=args.precision):
+    for res in api._stage_generator(prepared):
         _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
         write_image_atomic(stage_paths[res.stage], _to_output_dtype(res.image, dtype, image), args.overwrite)
         last = res
@@ -549,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="noise s.d. on the [0, 1] scale (default 0.01), or 'auto' to estimate (and print) it",
     )
-    d.add_argument("--iterations", type=int, default=3)
+    d.add_argument("--iterations", type=int, default=None,
+                   help="FCNN stages to run (default: all stages of the model)")
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default=None, help="cascade file (.safetensors) instead of the shipped one")
     d.add_argument("-o", "--output", required=True)
@@ -580,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="deblur a built-in motion-blurred sample and report PSNR")
     m.add_argument("-o", "--output", default="fcnn-deblur-demo")
     m.add_argument("--noise", type=float, default=0.01)
-    m.add_argument("--iterations", type=int, default=3)
+    m.add_argument("--iterations", type=int, default=None,
+                   help="FCNN stages to run (default: all stages of the model)")
     m.add_argument("--device", default="auto")
     m.add_argument("--model", default=None)
     m.add_argument("--precision", choices=precision_choices, default="auto")

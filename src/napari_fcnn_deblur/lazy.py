@@ -157,7 +157,7 @@ def _deblur_block(
     return result.reshape(block.shape).astype(np.float32, copy=False)
 
 
-def deblur_lazy(image, kernel, noise_level=0.01, iterations=3, device="auto", model=None, tile_size=None,
+def deblur_lazy(image, kernel, noise_level=0.01, iterations=None, device="auto", model=None, tile_size=None,
                 intensity_range=None, precision="auto") -> da.Array:
     """Lazy :func:`~napari_fcnn_deblur.deblur` of a dask array (see the module docstring).
 
