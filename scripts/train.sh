@@ -5,6 +5,8 @@
 #   scripts/train.sh tiny  # a few steps: checks the whole pipeline (used by the tests)
 # Arguments after the preset go to `fcnn-deblur train`, e.g. to continue from the shipped models:
 #   DEVICE=cuda scripts/train.sh gpu --init-from src/napari_fcnn_deblur/models --seed 2
+# or to append and train a fourth stage (stages 1-3 frozen; installed only if it validates higher):
+#   scripts/train.sh cpu-extend --init-from src/napari_fcnn_deblur/models --stage-minutes 75
 # SHARED defaults to ../shared (the project's data folder); interrupted runs resume where they stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
