@@ -87,11 +87,13 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
     assert torch.load(ckpt, weights_only=True)["step"] == 45
 
 
-def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path, loss):
     from napari_fcnn_deblur.training import finetune_end_to_end
 
     torch.manual_seed(1)
-    cfg = TrainConfig(patch=24, finetune_steps=4, finetune_batch=2, finetune_lr=1e-3, checkpoint_minutes=0.0)
+    cfg = TrainConfig(patch=24, finetune_steps=4, finetune_batch=2, finetune_lr=1e-3, checkpoint_minutes=0.0,
+                      finetune_loss=loss)
     src = SampleSource(_images(), cfg.patch, 0.03, 0.0, 0, "F")
     cascade = Cascade(2, gammas=[200.0, 20.0, 2.0])
     before = [p.detach().clone() for p in cascade.parameters()]
@@ -105,6 +107,7 @@ def test_end_to_end_finetune_checkpoints_and_resumes(tmp_path):
     cfg.finetune_steps = 6
     finetune_end_to_end(Cascade(2, gammas=[200.0, 20.0, 2.0]), src, cfg, ckpt, torch.device("cpu"), logs.append)
     assert any("resumed at step 4/6" in m for m in logs)  # continues to the new step count
+    assert any(f"{loss.upper()} " in m for m in logs)  # the chosen loss is the one logged
     assert torch.load(ckpt, weights_only=True)["step"] == 6
 
 

@@ -503,6 +503,8 @@ def _cmd_train(args) -> int:
         cfg.seed = args.seed
     if args.finetune_minutes is not None:
         cfg.finetune_seconds = 60.0 * args.finetune_minutes
+    if args.finetune_loss is not None:
+        cfg.finetune_loss = args.finetune_loss
     if args.stage_minutes is not None:
         cfg.stage_seconds = 60.0 * args.stage_minutes
     if args.threads:
@@ -611,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="data seed (use a new one when continuing a run)")
     t.add_argument("--finetune-minutes", type=float, default=None,
                    help="wall-clock budget of the end-to-end fine-tuning phase per level (presets that have one)")
+    t.add_argument("--finetune-loss", choices=["l1", "l2"], default=None,
+                   help="loss on the final image when fine-tuning end to end (default l1, eq. 8; l2 = the released code's)")
     t.add_argument("--stage-minutes", type=float, default=None,
                    help="wall-clock budget of each stage-wise phase (0 = the preset's step counts)")
     t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")

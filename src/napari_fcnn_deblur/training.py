@@ -83,6 +83,8 @@ class TrainConfig:
     finetune_batch: int = 8
     finetune_lr: float = 1e-4
     finetune_seconds: float = 0.0
+    # loss on the final image in the fine-tuning phase: "l1" (eq. 8) or "l2" (the released training code's)
+    finetune_loss: str = "l1"
     # γ of deconvolutions before this index stay fixed in the γ phase (an extension run keeps
     # the earlier stages' outputs exactly as they were)
     train_gammas_from: int = 0
@@ -404,7 +406,8 @@ def finetune_end_to_end(cascade: Cascade, source: SampleSource, cfg: TrainConfig
         out = None
         for out in cascade.run(y, k, channels_last=False):
             pass
-        loss = (out.image - sharp_target(x, cfg.patch)).abs().mean()
+        err = out.image - sharp_target(x, cfg.patch)
+        loss = err.square().mean() if cfg.finetune_loss == "l2" else err.abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -415,7 +418,7 @@ def finetune_end_to_end(cascade: Cascade, source: SampleSource, cfg: TrainConfig
         step += 1
         run_loss, seen = run_loss + loss.item(), seen + 1
         if step % 50 == 0 or step == steps:
-            log(f"fine-tuning step {step}/{steps} L1 {run_loss / seen:.5f}")
+            log(f"fine-tuning step {step}/{steps} {cfg.finetune_loss.upper()} {run_loss / seen:.5f}")
             run_loss, seen = 0.0, 0
         if cfg.checkpoint_minutes and time.time() - last_save > 60 * cfg.checkpoint_minutes:
             save()
