@@ -370,6 +370,8 @@ def finetune_end_to_end(cascade: Cascade, source: SampleSource, cfg: TrainConfig
 
     Resumes from ``ckpt``; the step count can be cut to ``cfg.finetune_seconds``.
     """
+    if cfg.finetune_loss not in ("l1", "l2"):
+        raise ValueError(f"finetune_loss must be 'l1' or 'l2', got {cfg.finetune_loss!r}")
     steps = cfg.finetune_steps
     opt = torch.optim.Adam([
         {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
@@ -466,6 +468,14 @@ def train_gammas(cascade: Cascade, source: SampleSource, cfg: TrainConfig, val, 
     return {"gamma_init_factor": best[2], "val_psnr": best[0]}
 
 
+def extended_gammas(gammas, n_stages: int, factor: float) -> list[float]:
+    """The first ``n_stages + 1`` of ``gammas``, continued by × ``factor`` per missing deconvolution."""
+    out = list(gammas)[: n_stages + 1]
+    while len(out) < n_stages + 1:
+        out.append(out[-1] * factor)
+    return out
+
+
 def extend_cascade(cascade: Cascade, n_stages: int, gamma_factor: float) -> Cascade:
     """A copy of ``cascade`` with stages appended up to ``n_stages``.
 
@@ -474,9 +484,7 @@ def extend_cascade(cascade: Cascade, n_stages: int, gamma_factor: float) -> Casc
     """
     if n_stages < cascade.n_stages:
         raise ValueError(f"cannot shrink a {cascade.n_stages}-stage cascade to {n_stages}")
-    gammas = cascade.gammas.tolist()
-    while len(gammas) < n_stages + 1:
-        gammas.append(gammas[-1] * gamma_factor)
+    gammas = extended_gammas(cascade.gammas.tolist(), n_stages, gamma_factor)
     out = Cascade(n_stages, gammas=gammas, noise_level=cascade.noise_level, metadata=dict(cascade.metadata))
     out.log_gammas.data[: cascade.n_stages + 1] = cascade.log_gammas.data  # bit-exact, no exp/log round trip
     for s in range(n_stages):
@@ -563,9 +571,8 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
             lg("already trained, loaded")
             per_stage = validate(cascade, val, device)
         else:
-            gam = DEFAULT_GAMMAS.get(level, DEFAULT_GAMMAS[0.01])[: cfg.n_stages + 1]
-            while len(gam) < cfg.n_stages + 1:  # more stages than the default schedules have
-                gam = gam + [gam[-1] * cfg.new_stage_gamma_factor]
+            gam = extended_gammas(DEFAULT_GAMMAS.get(level, DEFAULT_GAMMAS[0.01]), cfg.n_stages,
+                                  cfg.new_stage_gamma_factor)
             cascade = Cascade(cfg.n_stages, gammas=gam, noise_level=level).to(device)
             init = Path(init_dir) / f"fcnn_noise{level:.2f}.safetensors" if init_dir else None
             if init is not None and init.is_file():  # continue from an earlier run's cascade
@@ -575,7 +582,7 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
                 cascade.noise_level = level
                 lg(f"initialised from {init}")
                 if cascade.n_stages < cfg.n_stages:
-                    cascade = extend_cascade(cascade, cfg.n_stages, cfg.new_stage_gamma_factor).to(device)
+                    cascade = extend_cascade(cascade, cfg.n_stages, cfg.new_stage_gamma_factor)
                     lg(f"extended to {cfg.n_stages} stages; γ {[round(v, 4) for v in cascade.gammas.tolist()]}")
             steps = cfg.steps_first if prev_level_cascade is None else cfg.steps_warm
             t_level = time.time()
