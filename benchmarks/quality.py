@@ -15,7 +15,7 @@ Protocol (also written into the report):
    ``deblur_stages`` run gives all); the authors' released cascades
    (``load_matconvnet_cascade``, run by the same engine); Wiener,
    Richardson–Lucy and the hyper-Laplacian prior (α = 2/3) of
-   :mod:`napari_fcnn_deblur.baselines`, each with its parameter tuned per
+   :mod:`napari_fcnn_deblur.baselines.classical`, each with its parameter tuned per
    noise level and kernel family on a separate tuning image.
 4. A second table repeats the evaluation with Gaussian PSFs.
 
@@ -60,7 +60,7 @@ SECTION = "## Quality"
 
 def load_named_images(folder: Path, max_images: int | None) -> list[tuple[str, np.ndarray]]:
     """Grey float64 images in [0, 1], sorted by file name, as (name, image)."""
-    from napari_fcnn_deblur.training import load_image_folder
+    from napari_fcnn_deblur.training.stagewise import load_image_folder
 
     names = sorted(
         p.name for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -78,7 +78,7 @@ def odd_kernel(k: np.ndarray) -> np.ndarray:
 
 
 def load_named_kernels(folder: Path, max_kernels: int | None) -> list[tuple[str, np.ndarray]]:
-    from napari_fcnn_deblur.training import load_kernel_folder
+    from napari_fcnn_deblur.training.stagewise import load_kernel_folder
 
     names = [
         p.stem
@@ -90,7 +90,7 @@ def load_named_kernels(folder: Path, max_kernels: int | None) -> list[tuple[str,
 
 
 def gaussian_kernels(sigmas) -> list[tuple[str, np.ndarray]]:
-    from napari_fcnn_deblur.sample_images import gaussian_psf
+    from napari_fcnn_deblur.data.psf import gaussian_psf
 
     return [(f"gauss{s:g}", odd_kernel(gaussian_psf(s))) for s in sigmas]
 
@@ -121,7 +121,7 @@ def load_tuning_image(spec: str) -> tuple[str, np.ndarray]:
 
 def make_case(sharp: np.ndarray, kernel: np.ndarray, level: float, image: str, kname: str, seed: int):
     """(blurry float32, aligned sharp crop float64): valid blur + seeded Gaussian noise."""
-    from napari_fcnn_deblur.sample_images import blur_valid
+    from napari_fcnn_deblur.data.samples import blur_valid
 
     case_seed = (zlib.crc32(f"{image}|{kname}|{level:g}".encode()) + seed) % 2**32
     y, _ = blur_valid(sharp, kernel, level, seed=case_seed)
@@ -306,8 +306,8 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     import torch
 
-    from napari_fcnn_deblur import baselines as bl
-    from napari_fcnn_deblur.model_io import load_cascade, shipped_model_path
+    from napari_fcnn_deblur.baselines import classical as bl
+    from napari_fcnn_deblur.io.models import load_cascade, shipped_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
                 if cand.is_dir():
                     rdir = cand
             if rdir is not None:
-                from napari_fcnn_deblur.matconvnet_import import load_matconvnet_cascade
+                from napari_fcnn_deblur.io.matconvnet import load_matconvnet_cascade
 
                 released = CascadeMethod(
                     "released", f"released@{file_digest(rdir.glob('*.mat'))}{ENGINE_TAG}", load_matconvnet_cascade(rdir)
@@ -485,7 +485,7 @@ def report(args, images, families, cache, info, tune_name, grids) -> str:
         "- Our cascade and the authors' released cascades (`matconvnet_import.load_matconvnet_cascade`, converted "
         "weights run by this package's engine) go through the public `deblur_stages` on the CPU; one run gives the "
         "initial deconvolution and every stage. Seconds are cumulative up to that stage, per image, wall clock (after an untimed warm-up on the same shape).",
-        f"- Baselines (`napari_fcnn_deblur.baselines`, numpy/scikit-image, single-threaded FFTs): Wiener "
+        f"- Baselines (`napari_fcnn_deblur.baselines.classical`, numpy/scikit-image and the engine's spectral core in float64): Wiener "
         "(`skimage.restoration.wiener`, Laplacian regulariser), Richardson–Lucy (`skimage.restoration.richardson_lucy`, "
         "input clipped at 0), hyper-Laplacian prior α = 2/3 (Krishnan & Fergus 2009; β from 1 × 2√2 while < 256, one "
         "inner iteration, exact w-step). Their parameter is tuned per noise level and kernel family by grid search "

@@ -58,7 +58,7 @@ NOISE = 0.01
 
 
 def test_kernel() -> np.ndarray:
-    from napari_fcnn_deblur.motion_kernels import random_motion_kernel
+    from napari_fcnn_deblur.data.motion_kernels import random_motion_kernel
 
     return random_motion_kernel(np.random.default_rng(5), size=19)
 
@@ -184,7 +184,7 @@ def run_stack(zyx: tuple[int, int, int], model: str, iterations: int, work: Path
             ) as cluster,
             Client(cluster) as client,
         ):
-            client.run(lambda: __import__("napari_fcnn_deblur.lazy") and None)  # warm: torch + package imported
+            client.run(lambda: __import__("napari_fcnn_deblur.engine.lazy") and None)  # warm: torch + package imported
             torch_threads = client.run(lambda: __import__("torch").get_num_threads())
             cmd = [sys.executable, "-m", "napari_fcnn_deblur.cli", "deblur", str(src), "-k", str(k_path)]
             cmd += ["--model", model, "--iterations", str(iterations), "-o", str(out), "-q"]
@@ -242,7 +242,7 @@ def report(args, planes: list[dict], stack: dict | None, tile_size: int, env: st
             "One float32 plane (tiled camera image, 19 px camera-shake kernel, 1 % noise) deblurred by "
             f'`deblur(..., device="cpu", tile_size={args.tile_size or "None"})` in a fresh process; the networks '
             f"ran in tiles of {tile_size} px (+7 px overlap), the FFT deconvolutions on the whole plane "
-            "(see `napari_fcnn_deblur.tiling`).  Peak RSS is the child process's own high-water mark (`VmHWM`; "
+            "(see `napari_fcnn_deblur.engine.tiles`).  Peak RSS is the child process's own high-water mark (`VmHWM`; "
             "interpreter, torch and the input and output arrays included).",
             "",
             "| image | time | throughput | peak RSS | peak RSS after imports | torch threads |",
@@ -318,7 +318,7 @@ def resolve_model(model: str | None) -> str:
         if not Path(model).is_file():
             raise SystemExit(f"error: model file not found: {model}")
         return str(Path(model).resolve())
-    from napari_fcnn_deblur.model_io import available_models, nearest_trained_level
+    from napari_fcnn_deblur.io.models import available_models, nearest_trained_level
 
     models = available_models()
     level = nearest_trained_level(NOISE)
@@ -342,10 +342,10 @@ def main(argv=None) -> int:
             raise SystemExit("error: --stack takes Z,Y,X")
     import torch
 
-    from napari_fcnn_deblur.tiling import auto_tile_size
+    from napari_fcnn_deblur.engine.tiles import auto_tile_size
 
     env = machine()
-    from napari_fcnn_deblur.api import check_precision
+    from napari_fcnn_deblur.engine.devices import check_precision
 
     # the runs use deblur's default precision="auto": say what it meant here
     env += ", networks in " + ("bf16" if check_precision("auto", torch.device("cpu")) else "fp32") + ' (precision="auto")'

@@ -71,7 +71,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def cascade_flops(shape: tuple[int, int], kernel_shape: tuple[int, int], iterations: int) -> float:
-    from napari_fcnn_deblur.fft_deconv import padding_geometry
+    from napari_fcnn_deblur.core.spectral import padding_geometry
 
     hp, wp = padding_geometry(shape, kernel_shape).shape
     n = hp * wp
@@ -98,10 +98,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="markdown file; its '## Speed' section is replaced")
     args = ap.parse_args(argv)
 
-    from napari_fcnn_deblur.api import run_planes
-    from napari_fcnn_deblur.devices import available_devices
-    from napari_fcnn_deblur.model_io import get_model
-    from napari_fcnn_deblur.psf import linear_motion_psf
+    from napari_fcnn_deblur.data.psf import linear_motion_psf
+    from napari_fcnn_deblur.engine.devices import available_devices
+    from napari_fcnn_deblur.engine.run import DeblurRun
+    from napari_fcnn_deblur.io.models import get_model
 
     devices = [torch.device(d) for d in (args.devices or [d for d in available_devices() if d != "mps"])]
     cascade_cpu = get_model(args.model, 0.01)
@@ -121,15 +121,18 @@ def main(argv=None) -> int:
             h, w = parse_size(size)
             plane = rng.random((1, h, w), dtype=np.float32)
             flops = cascade_flops((h, w), kernel.shape, args.iterations)
-            variants = [("fp32", None)]
+            variants = [("fp32", None, "fp32")]
             if bf:
-                variants.append(("bf16 autocast", torch.bfloat16))
-            for label, ac in variants:
+                variants.append(("bf16 autocast", torch.bfloat16, "bf16"))
+            for label, ac, precision in variants:
                 # the ceiling is re-measured next to each row: this shared machine's speed drifts by ±30 %
                 ceiling = matmul_ceiling(dev, ac or torch.float32)
                 try:
-                    t = median_time(lambda plane=plane, cascade=cascade, dev=dev, ac=ac: run_planes(plane, kernel, cascade, args.iterations, dev, True, ac),
-                                    args.repeats, dev)
+                    # the whole plane in one network call per stage (no memory-bounded tiles), as deblur does
+                    # below the tile size
+                    run = DeblurRun.prepare(plane[0], kernel, iterations=args.iterations, device=dev, model=cascade,
+                                            tile_size=1 << 16, intensity_range=(0.0, 1.0), precision=precision)
+                    t = median_time(lambda plane=plane, run=run: run.run_planes(plane), args.repeats, dev)
                 except RuntimeError as err:  # e.g. out of memory
                     print(f"  {size} {label}: failed ({err})", flush=True)
                     continue
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
                 print(f"  {size} cascade {label}: {t:.3f} s, {gf:.0f} GFLOP/s ({100 * gf / ceiling:.0f} % of matmul)",
                       flush=True)
     if not args.skip_baselines:
-        from napari_fcnn_deblur.baselines import hyper_laplacian, richardson_lucy, wiener
+        from napari_fcnn_deblur.baselines.classical import hyper_laplacian, richardson_lucy, wiener
 
         for size in args.sizes:
             h, w = parse_size(size)

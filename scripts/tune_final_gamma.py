@@ -27,8 +27,8 @@ import torch
 
 
 def tuning_cases(images, level: float, n: int, seed: int):
-    from napari_fcnn_deblur.motion_kernels import random_motion_kernel
-    from napari_fcnn_deblur.sample_images import blur_valid
+    from napari_fcnn_deblur.data.motion_kernels import random_motion_kernel
+    from napari_fcnn_deblur.data.samples import blur_valid
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(images), size=min(n, len(images)), replace=False)
@@ -41,29 +41,29 @@ def tuning_cases(images, level: float, n: int, seed: int):
 
 
 def final_stage_psnrs(cascade, cases, factors) -> tuple[np.ndarray, np.ndarray]:
-    """PSNR (cases × factors) of the last stage with γ_last × factor, and (cases,) of the stage before."""
-    from napari_fcnn_deblur.fft_deconv import deconvolve, image_gradients
-    from napari_fcnn_deblur.gradient_denoiser import denoise_gradients
+    """PSNR (cases × factors) of the last stage with γ_last × factor, and (cases,) of the stage before.
 
-    n = cascade.n_stages
+    The cascade runs once per case (its own stage loop); only the last deconvolution is solved
+    again with each γ, from the denoised gradients the last stage produced.
+    """
+    from napari_fcnn_deblur.core.solver import deconvolve
+
     g_last = float(cascade.gammas[-1].detach())
     out = np.zeros((len(cases), len(factors)))
     before = np.zeros(len(cases))
     with torch.inference_mode():
         for c, (y, k, gt) in enumerate(cases):
-            last = None
-            for last in cascade.run(torch.from_numpy(y)[None], torch.from_numpy(k), iterations=n - 1):
-                pass
+            steps = list(cascade.run(torch.from_numpy(y)[None], torch.from_numpy(k)))
+            prev, last = steps[-2], steps[-1]
             crop = last.problem.geometry.crop
 
-            def psnr(x):
+            def psnr(x, crop=crop, gt=gt):
                 est = crop(x)[0].clamp(0, 1).numpy()
                 return 10 * math.log10(1.0 / float(np.mean((est - gt) ** 2)))
 
-            before[c] = psnr(last.x_padded)
-            zx, zy = denoise_gradients(cascade.denoisers[n - 1], *image_gradients(last.x_padded))
+            before[c] = psnr(prev.x_padded)
             for j, f in enumerate(factors):
-                out[c, j] = psnr(deconvolve(last.problem, g_last * f, zx, zy))
+                out[c, j] = psnr(deconvolve(last.problem, g_last * f, last.gradients))
     return out, before
 
 
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="save the re-selected cascades in place")
     args = ap.parse_args(argv)
 
-    from napari_fcnn_deblur.model_io import load_cascade, save_cascade
-    from napari_fcnn_deblur.training import load_image_folder
+    from napari_fcnn_deblur.io.models import load_cascade, save_cascade
+    from napari_fcnn_deblur.training.stagewise import load_image_folder
 
     images = load_image_folder(args.data)
     factors = sorted(set(args.factors) | {1.0})

@@ -4,7 +4,7 @@ import torch
 
 from conftest import psnr
 from napari_fcnn_deblur import StageResult, deblur, deblur_stages
-from napari_fcnn_deblur.devices import resolve_device
+from napari_fcnn_deblur.engine.devices import resolve_device
 
 
 def test_deblur_sharpens(camera_case, known_cascade):
@@ -91,12 +91,12 @@ def test_stack_plane_by_plane(camera_case, known_cascade):
 
 
 def test_stack_in_several_batches_matches(camera_case, known_cascade, monkeypatch):
-    from napari_fcnn_deblur import api
+    from napari_fcnn_deblur.engine import run as run_module
 
     blurry, k, _ = camera_case
     stack = np.stack([blurry, blurry * 0.9])
     whole = [r.image for r in deblur_stages(stack, k, model=known_cascade)]
-    monkeypatch.setattr(api, "MAX_BATCH_PIXELS", 10)  # one plane per batch
+    monkeypatch.setattr(run_module, "MAX_BATCH_PIXELS", 10)  # one plane per batch
     split = [r.image for r in deblur_stages(stack, k, model=known_cascade)]
     for a, b in zip(whole, split):
         np.testing.assert_allclose(a, b, atol=1e-5)

@@ -5,9 +5,9 @@ import pytest
 
 from conftest import psnr
 from napari_fcnn_deblur import deblur
-from napari_fcnn_deblur.model_io import TRAINED_NOISE_LEVELS, available_models, load_cascade, shipped_model_path
-from napari_fcnn_deblur.psf import gaussian_psf
-from napari_fcnn_deblur.sample_images import blur_valid
+from napari_fcnn_deblur.data.psf import gaussian_psf
+from napari_fcnn_deblur.data.samples import blur_valid
+from napari_fcnn_deblur.io.models import TRAINED_NOISE_LEVELS, available_models, load_cascade, shipped_model_path
 
 
 def test_every_level_is_shipped():
@@ -24,7 +24,7 @@ def test_every_level_is_shipped():
 def test_shipped_cascade_deblurs(level, camera_case):
     from skimage import data
 
-    from napari_fcnn_deblur.motion_kernels import random_motion_kernel
+    from napari_fcnn_deblur.data.motion_kernels import random_motion_kernel
 
     sharp = data.camera()[60:252, 150:342].astype(np.float32) / 255
     k = random_motion_kernel(np.random.default_rng(11), 17)

@@ -21,12 +21,13 @@ from napari.layers import Image  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from conftest import soft_threshold_cascade  # noqa: E402
-from napari_fcnn_deblur import Cascade, deblur, model_io, save_cascade  # noqa: E402
+from napari_fcnn_deblur import Cascade, deblur, save_cascade  # noqa: E402
 from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
 from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER, DeblurWidget  # noqa: E402
-from napari_fcnn_deblur.motion_kernels import random_motion_kernel  # noqa: E402
-from napari_fcnn_deblur.psf import gaussian_psf  # noqa: E402
-from napari_fcnn_deblur.sample_images import blur_valid  # noqa: E402
+from napari_fcnn_deblur.data.motion_kernels import random_motion_kernel  # noqa: E402
+from napari_fcnn_deblur.data.psf import gaussian_psf  # noqa: E402
+from napari_fcnn_deblur.data.samples import blur_valid  # noqa: E402
+from napari_fcnn_deblur.io import models as model_io  # noqa: E402
 
 PLUGIN, WIDGET = "napari-fcnn-deblur", "FCNN deblur"
 
@@ -158,12 +159,12 @@ def test_gradients_and_rerun_update_layers(setup, qtbot):
     assert viewer.layers.selection.active is viewer.layers["blurry stage 3"]
 
 
-def slowed_deblur_stages(delay: float, threads: list[str]):
-    """deblur_stages that waits ``delay`` s before each stage and records the thread computing it."""
-    real = widget_module.deblur_stages
+def slowed_steps(delay: float, threads: list[str]):
+    """DeblurRun.steps that waits ``delay`` s before each item and records the thread computing it."""
+    real = widget_module.DeblurRun.steps
 
-    def wrapper(*args, **kwargs):
-        gen = real(*args, **kwargs)
+    def wrapper(self, image):
+        gen = real(self, image)
         while True:
             time.sleep(delay)
             threads.append(threading.current_thread().name)
@@ -181,7 +182,7 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
 
     viewer, widget = setup
     threads: list[str] = []
-    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.25, threads))
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.125, threads))
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(20)
@@ -193,7 +194,7 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
         elapsed = time.perf_counter() - t0
     finally:
         timer.stop()
-    assert elapsed > 1.0  # four stages, each at least 0.25 s
+    assert elapsed > 1.0  # four stages, each a progress item and a result, each at least 0.125 s
     gaps = np.diff([t0, *ticks])
     assert len(ticks) >= 0.2 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
     # a cascade on the GUI thread would freeze it for the whole run (> 1 s); adding the finished
@@ -206,10 +207,10 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
 
 def test_cancel_keeps_finished_layers_then_second_run_works(setup, qtbot, monkeypatch, notes):
     viewer, widget = setup
-    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.4, []))
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.2, []))
     widget.run_button.clicked.emit()
     assert widget.running and widget.cancel_button.enabled and not widget.run_button.enabled
-    assert widget.worker.pbar.total == 4  # napari's activity dock shows the same progress
+    assert widget.activity.total == 4  # napari's activity dock shows the same progress
     qtbot.waitUntil(lambda: "blurry stage 0" in viewer.layers, timeout=30_000)
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
@@ -221,7 +222,7 @@ def test_cancel_keeps_finished_layers_then_second_run_works(setup, qtbot, monkey
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     kept = viewer.layers["blurry stage 0"]
 
-    monkeypatch.setattr(widget_module, "deblur_stages", slowed_deblur_stages(0.0, []))
+    monkeypatch.undo()
     run_and_wait(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers][2:] == [f"blurry stage {k}" for k in range(4)]
     assert viewer.layers["blurry stage 0"] is kept

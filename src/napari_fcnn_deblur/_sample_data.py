@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .sample_images import Sample, fluorescence_sample, motion_blur_sample
+from .data.samples import Sample, fluorescence_sample, motion_blur_sample
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 

@@ -1,8 +1,11 @@
 """The "FCNN deblur" dock widget: a thin Qt layer over the Qt-free engine.
 
-All pixels are computed by :func:`napari_fcnn_deblur.deblur_stages`, called in a
-napari ``thread_worker`` (a generator worker that yields one item per stage and
-plane), so the GUI thread never runs the cascade.  Results travel back through
+All pixels are computed by the engine's one run path
+(:class:`~napari_fcnn_deblur.engine.run.DeblurRun`, prepared on the whole layer,
+so a preview plane and a whole-layer run use the same intensity map and noise
+estimate as :func:`napari_fcnn_deblur.deblur`), in a napari ``thread_worker``
+that passes on the engine's progress items and one result per stage, so the GUI
+thread never runs the cascade.  The widget only keeps UI state and makes layers.  Results travel back through
 the worker's ``yielded`` signal and become layers on the GUI thread.  Problems a
 user can fix (wrong layer, NaNs, no model...) become napari notifications; the
 widget never raises and never modifies its input layers.
@@ -10,8 +13,8 @@ widget never raises and never modifies its input layers.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,15 +36,16 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import thread_worker
+from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from . import model_io, psf
-from .api import PRECISIONS, StageResult, deblur_stages
-from .devices import available_devices
-from .intensity import intensity_scaling
-from .kernel_checks import prepare_kernel
-from .noise_estimation import estimate_noise_level
+from .api import DeblurRun, Progress, StageResult
+from .data import psf
+from .engine.devices import PRECISIONS, available_devices
+from .engine.kernels import prepare_kernel
+from .engine.layout import PlaneLayout
+from .io import models as model_io
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -84,11 +88,11 @@ class _Job:
     data: Any  # the source layer's array (numpy, dask, zarr...): only ever read
     rgb: bool
     kernel: np.ndarray
-    noise_level: float | str  # AUTO: estimated once by the worker for the whole layer
+    noise_level: float | str  # AUTO: estimated once by the engine for the whole layer
     iterations: int
     device: str
     model: Path | None  # None = the shipped cascade for the noise level
-    plane_indices: tuple[tuple[int, ...], ...]  # leading-axis index of each plane to deblur
+    plane_index: tuple[int, ...]  # leading-axis index of the preview plane; () = the whole layer
     preview: bool
     kernel_name: str = ""  # the kernel layer's name, or the generated PSF's description
     precision: str = "auto"
@@ -96,14 +100,15 @@ class _Job:
 
 @dataclass
 class _NoiseEstimated:
-    """The noise level the worker estimated (before the first stage)."""
+    """The noise level the engine estimated (before the first stage)."""
 
     value: float
 
 
 @dataclass
 class _StageDone:
-    plane: int  # position in _Job.plane_indices
+    """One stage of the whole job (the preview plane, or every plane of the layer)."""
+
     result: StageResult
 
 
@@ -113,20 +118,20 @@ class _Failed:
     level: str = "error"  # or "warning"
 
 
-def _plane_words(job: _Job, index: tuple[int, ...]) -> str:
+def _plane_words(index: tuple[int, ...]) -> str:
     return f" (plane {', '.join(map(str, index))})" if index else ""
 
 
-def _plane_problem(plane: np.ndarray, job: _Job, index: tuple[int, ...]) -> _Failed | None:
+def _image_problem(image: np.ndarray, job: _Job, index: tuple[int, ...]) -> _Failed | None:
     """Input problems worth a biologist-readable message rather than the engine's."""
-    where = _plane_words(job, index)
-    if np.issubdtype(plane.dtype, np.floating) and not np.all(np.isfinite(plane)):
+    where = _plane_words(index)
+    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
         return _Failed(
             f"The image '{job.source_name}'{where} contains pixels that are not numbers (NaN) or are infinite, "
             "e.g. from a division by zero or a mask. Replace them (for example by 0) and run again."
         )
-    if len(job.plane_indices) == 1 and plane.size and np.ptp(plane) == 0:
-        value = plane.ravel()[0].item()
+    if image.size and np.ptp(image) == 0:
+        value = image.ravel()[0].item()
         return _Failed(
             f"The image '{job.source_name}'{where} is blank (every pixel is {value:g}): there is nothing to deblur.",
             "warning",
@@ -134,9 +139,9 @@ def _plane_problem(plane: np.ndarray, job: _Job, index: tuple[int, ...]) -> _Fai
     return None
 
 
-def _explain(err: Exception, job: _Job, index: tuple[int, ...]) -> _Failed:
+def _explain(err: Exception, job: _Job, index: tuple[int, ...] = ()) -> _Failed:
     """Turn an engine exception into a message for the notification area."""
-    name, where = job.source_name, _plane_words(job, index)
+    name, where = job.source_name, _plane_words(index)
     if isinstance(err, model_io.ModelNotFoundError):
         return _Failed(_no_model_message(job.noise_level))
     if isinstance(err, FileNotFoundError):
@@ -153,83 +158,38 @@ def _explain(err: Exception, job: _Job, index: tuple[int, ...]) -> _Failed:
     return _Failed(f"Deblurring '{name}'{where} failed unexpectedly ({type(err).__name__}: {err}). Please report this.")
 
 
-def _no_model_message(noise_level: float) -> str:
-    level = model_io.nearest_trained_level(noise_level)
+def _no_model_message(noise_level: float | str) -> str:
+    level = model_io.TRAINED_NOISE_LEVELS[0] if noise_level == AUTO else model_io.nearest_trained_level(noise_level)
     return (
         f"No trained model is installed for {level * 100:g} % noise. Under 'Model', choose '{FROM_FILE}' and pick a "
         "cascade file (.safetensors, e.g. made with 'fcnn-deblur train'), or reinstall napari-fcnn-deblur."
     )
 
 
-def _layer_intensity_range(data, rgb: bool) -> tuple[float, float] | None:
-    """(low, high) of the layer-wide [0, 1] map, from up to 16 evenly spaced planes (never the whole of a big stack)."""
-    lead = data.shape[: -3 if rgb else -2]
-    if not lead:
-        return None  # a single plane: deblur_stages' own rule sees the same pixels
-    n = int(np.prod(lead))
-    picks = np.unique(np.linspace(0, n - 1, min(16, n)).round().astype(int))
-    sample = np.stack([np.asarray(data[np.unravel_index(i, lead)]) for i in picks])
-    if np.issubdtype(sample.dtype, np.floating):
-        sample = sample[np.isfinite(sample)]  # NaN planes are reported per plane
-        if sample.size == 0:
-            return None
-    s = intensity_scaling(sample[..., :3] if rgb and sample.ndim > 1 else sample)
-    return (s.offset, s.offset + s.scale) if s.scale > 0 else None
-
-
-def _layer_noise_estimate(data, rgb: bool) -> float:
-    """Noise s.d. of the whole layer, from up to 16 evenly spaced planes (as for the intensity map)."""
-    lead = data.shape[: -3 if rgb else -2]
-    if not lead:
-        return estimate_noise_level(np.asarray(data))
-    n = int(np.prod(lead))
-    picks = np.unique(np.linspace(0, n - 1, min(16, n)).round().astype(int))
-    planes = [np.asarray(data[np.unravel_index(i, lead)]) for i in picks]
-    if rgb:  # estimate_noise_level takes one RGB plane at a time
-        return float(np.median([estimate_noise_level(p) for p in planes]))
-    return estimate_noise_level(np.stack(planes))
-
-
 @thread_worker
-def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated]:
-    """Deblur each plane of ``job`` in turn; one item per finished stage (so quit() stops between stages)."""
-    if not job.preview and isinstance(job.data, np.ndarray) and len(job.plane_indices) > 1:
-        # Why a pre-scan: a NaN found in plane 40 would otherwise leave a half-finished result behind.
-        bad = _plane_problem(job.data, job, ())
-        if bad is not None and bad.level == "error":
+def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
+    """Run the engine on ``job``: progress items and one item per finished stage (quit() stops between them).
+
+    The run is prepared on the whole layer, so the intensity map and the noise
+    estimate are the engine's one rule for the layer, whether the whole layer
+    or one preview plane is deblurred.
+    """
+    index = job.plane_index
+    try:
+        image = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
+        bad = _image_problem(image, job, index)
+        if bad is not None:
             yield bad
             return
-    # One intensity map for the whole layer, so that each plane (and a one-plane preview)
-    # is scaled exactly as in the whole-stack result.
-    try:
-        intensity_range = _layer_intensity_range(job.data, job.rgb)
-    except Exception as err:
-        yield _explain(err, job, ())
+        run = DeblurRun.prepare(job.data, job.kernel, job.noise_level, job.iterations, job.device, job.model,
+                                precision=job.precision, rgb=job.rgb)
+        if job.noise_level == AUTO:
+            yield _NoiseEstimated(run.noise_level)
+        for item in run.steps(image):
+            yield _StageDone(item) if isinstance(item, StageResult) else item
+    except Exception as err:  # reported as a notification by the GUI thread, never re-raised
+        yield _explain(err, job, index)
         return
-    for n, index in enumerate(job.plane_indices):
-        try:
-            plane = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
-            bad = _plane_problem(plane, job, index)
-            if bad is not None:
-                yield bad
-                return
-            if job.noise_level == AUTO:
-                # Why once, for the whole layer: every plane (and a preview) then uses the same model.
-                est = _layer_noise_estimate(job.data, job.rgb)
-                if not np.isfinite(est):
-                    yield _Failed(
-                        f"Could not estimate the noise of '{job.source_name}' (does it contain NaN pixels?). "
-                        "Choose a noise level instead."
-                    )
-                    return
-                job = dataclasses.replace(job, noise_level=float(np.clip(est, 0.0, 0.5)))
-                yield _NoiseEstimated(job.noise_level)
-            for result in deblur_stages(plane, job.kernel, job.noise_level, job.iterations, job.device, job.model,
-                                        intensity_range=intensity_range, precision=job.precision):
-                yield _StageDone(n, result)
-        except Exception as err:  # reported as a notification by the GUI thread, never re-raised
-            yield _explain(err, job, index)
-            return
 
 
 # ----------------------------------------------------------------------------- GUI side
@@ -259,14 +219,8 @@ def _kernel_named(layer: Image) -> bool:
 def _stage_count(path: Path) -> int | None:
     """Number of stages of a cascade file, from its header only (None when unreadable)."""
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != model_io.FORMAT:
-            return None
-        return int(meta["n_stages"])
-    except Exception:
+        return int(model_io.read_metadata(path)["n_stages"])
+    except (OSError, ValueError, KeyError):
         return None
 
 
@@ -280,14 +234,11 @@ class _RunState:
     contrast_limits: tuple[float, float]
     colormap: Any
     out_lead: tuple[int, ...]
-    total: int
     show_gradients: bool  # captured at Run: toggling the box mid-run must not mix layer sets
     started: float = field(default_factory=time.perf_counter)
-    done: int = 0
-    planes_done: int = 0
+    stages_done: int = 0
     failed: bool = False
     aborted: bool = False
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
     layers: dict[str, Image] = field(default_factory=dict)
     final: Image | None = None  # image layer of the highest stage so far
     final_stage: int = -1
@@ -369,6 +320,7 @@ class DeblurWidget(Container):
         )
         self._worker = None
         self._run: _RunState | None = None
+        self.activity: napari_progress | None = None  # the run's entry in napari's activity dock
         self.image_layer.tooltip = "The image to sharpen. It is never modified: results go to new layers."
         self.kernel_layer.tooltip = (
             f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
@@ -585,10 +537,6 @@ class DeblurWidget(Container):
             return None
         lead = shape[: len(shape) - _plane_ndim(image)]
         preview = bool(lead) and self.scope.value == CURRENT_PLANE
-        if preview:
-            indices: tuple[tuple[int, ...], ...] = (self._current_index(image, lead),)
-        else:
-            indices = tuple(np.ndindex(*lead)) if lead else ((),)
         return _Job(
             source_name=image.name,
             data=data,
@@ -598,7 +546,7 @@ class DeblurWidget(Container):
             iterations=int(min(self.iterations.value, self.iterations.max)),
             device=str(self.device.value),
             model=model,
-            plane_indices=indices,
+            plane_index=self._current_index(image, lead) if preview else (),
             preview=preview,
             kernel_name=kernel_name,
             precision=str(self.precision.value),
@@ -617,27 +565,29 @@ class DeblurWidget(Container):
         if job is None:
             return
         source: Image = self.image_layer.value
-        lead_n = len(job.plane_indices[0])
+        shape = tuple(_layer_array(source).shape)
+        lead_shape = shape[: len(shape) - _plane_ndim(source)]
         scale = tuple(float(s) for s in source.scale)
         translate = [float(t) for t in source.translate]
         if job.preview:  # a one-plane result sits exactly at its plane of the stack
-            for i, idx in enumerate(job.plane_indices[0]):
+            for i, idx in enumerate(job.plane_index):
                 translate[i] += idx * scale[i]
-        lead_shape = tuple(_layer_array(source).shape[:lead_n])
-        total = len(job.plane_indices) * (job.iterations + 1)
         self._run = _RunState(
             job=job,
             source_scale=scale,
             out_translate=tuple(translate),
             contrast_limits=tuple(float(c) for c in source.contrast_limits),
             colormap=None if source.rgb else source.colormap,
-            out_lead=(1,) * lead_n if job.preview else lead_shape,
-            total=total,
+            out_lead=(1,) * len(lead_shape) if job.preview else lead_shape,
             show_gradients=bool(self.show_gradients.value),
         )
+        planes = PlaneLayout.of(shape, job.rgb).n_planes // (math.prod(lead_shape) if job.preview else 1)
+        total = planes * (job.iterations + 1)
         self.progress.max, self.progress.value = total, 0
+        # napari's activity dock shows the same progress (plane-steps, as the engine reports them)
+        self.activity = napari_progress(total=total, desc=f"FCNN deblur: {job.source_name}")
         self.status.value = f"Deblurring '{job.source_name}'…"
-        worker = _deblur_worker(job, _progress={"total": total, "desc": f"FCNN deblur: {job.source_name}"})
+        worker = _deblur_worker(job)
         worker.yielded.connect(self._on_yielded)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
@@ -655,9 +605,14 @@ class DeblurWidget(Container):
 
     # ------------------------------------------------------------------ results (GUI thread)
 
-    def _on_yielded(self, item: _StageDone | _Failed) -> None:
+    def _on_yielded(self, item: _StageDone | _Failed | _NoiseEstimated | Progress) -> None:
         run = self._run
         if run is None:
+            return
+        if isinstance(item, Progress):
+            self.progress.max, self.progress.value = item.total, item.done
+            if self.activity is not None:
+                self.activity.update(item.done - self.activity.n)
             return
         if isinstance(item, _NoiseEstimated):
             run.noise_text = self._noise_text(item.value, run.job)
@@ -669,17 +624,11 @@ class DeblurWidget(Container):
             self.status.value = item.message if len(item.message) < 90 else item.message[:87] + "…"
             return
         self._show_stage(run, item)
-        run.done += 1
-        self.progress.value = run.done
+        run.stages_done += 1
         res = item.result
-        if res.stage == res.iterations:
-            run.planes_done += 1
-        n = len(run.job.plane_indices)
-        plane_txt = f"plane {item.plane + 1}/{n}, " if n > 1 else ""
         noise = f" ({run.noise_text})" if run.noise_text else ""
-        self.status.value = (
-            f"Deblurring '{run.job.source_name}'{noise}: {plane_txt}stage {res.stage}/{res.iterations}"
-        )
+        self.status.value = f"Deblurring '{run.job.source_name}'{noise}: stage {res.stage}/{res.iterations} done"
+
 
     @staticmethod
     def _noise_text(value: float, job: _Job) -> str:
@@ -689,7 +638,6 @@ class DeblurWidget(Container):
 
     def _show_stage(self, run: _RunState, item: _StageDone) -> None:
         res, job = item.result, run.job
-        pos = (0,) * len(run.out_lead) if job.preview else job.plane_indices[item.plane]
         src, k = job.source_name, res.stage
         suffix = " (preview)" if job.preview else ""
         parts: list[tuple[str, str, np.ndarray]] = []
@@ -702,20 +650,12 @@ class DeblurWidget(Container):
                 (f"{src} grad y stage {k}{suffix}", "grad y", gy),
             ]
         parts.append((f"{src} stage {k}{suffix}", "image", res.image))
-        for name, role, plane in parts:
-            arr = run.arrays.get(name)
-            first = arr is None
-            if first:
-                arr = run.arrays[name] = np.zeros(run.out_lead + plane.shape, np.float32)
-            arr[pos] = plane
-            if first:
-                run.layers[name] = self._put_layer(run, name, role, k, arr, res)
-            else:
-                run.layers[name].refresh()
-        # Select each newer stage as it first appears (not again for later planes: no flicker).
-        if k > run.final_stage:
-            run.final, run.final_stage = run.layers[parts[-1][0]], k
-            self.viewer.layers.selection.active = run.final
+        for name, role, data in parts:
+            if job.preview:  # one plane of a stack: a layer with the stack's dimensions, one plane deep
+                data = data.reshape(run.out_lead + data.shape)
+            run.layers[name] = self._put_layer(run, name, role, k, data, res)
+        run.final, run.final_stage = run.layers[parts[-1][0]], k
+        self.viewer.layers.selection.active = run.final
 
     def _own_layers(self, source: str, preview: bool) -> list[Image]:
         return [
@@ -740,7 +680,7 @@ class DeblurWidget(Container):
             "role": role,
             "stage": stage,
             "preview": job.preview,
-            "plane": job.plane_indices[0] if job.preview else None,
+            "plane": job.plane_index if job.preview else None,
             "iterations": res.iterations,
             "noise_level": res.noise_level if np.isfinite(res.noise_level) else job.noise_level,
             "noise_estimated": job.noise_level == AUTO,
@@ -783,6 +723,8 @@ class DeblurWidget(Container):
 
     def _on_finished(self) -> None:
         run, worker, self._run, self._worker = self._run, self._worker, None, None
+        if self.activity is not None:
+            self.activity.close()
         if worker is not None:
             try:  # why: the connection would keep the worker, and through it the source array, alive
                 self.native.destroyed.disconnect(worker.quit)
@@ -793,8 +735,7 @@ class DeblurWidget(Container):
             return
         elapsed = time.perf_counter() - run.started
         if run.aborted:
-            n = len(run.job.plane_indices)
-            kept = f"{run.planes_done} of {n} planes are complete" if n > 1 else f"{run.done} finished stage(s) kept"
+            kept = f"{run.stages_done} finished stage(s) kept"
             show_info(f"Deblurring '{run.job.source_name}' cancelled: {kept}.")
             self.status.value = f"Cancelled after {elapsed:.1f} s ({kept})."
             self.run_finished.emit("cancelled")

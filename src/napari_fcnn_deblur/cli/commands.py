@@ -1,0 +1,458 @@
+"""Command line: ``fcnn-deblur {deblur,demo,train,import-matconvnet,models}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.run import DeblurRun, Progress
+from ..io.images import (
+    IMAGE_SUFFIXES,
+    create_zarr_output,
+    is_zarr,
+    open_zarr_input,
+    read_array,
+    require,
+    store_zarr_plane,
+    to_output_dtype,
+    write_image_atomic,
+    write_zarr_block,
+    zarr_output_atomic,
+)
+
+# ----------------------------------------------------------------------------- deblur command
+
+
+def _noise_arg(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _tile_arg(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    return int(text)
+
+
+def _default_dtype(out: Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    return "input" if out.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"} else "float32"
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _progress(args, total: int, desc: str, unit: str = "plane"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=args.quiet, file=sys.stderr, leave=False)
+
+
+def _report_noise(args, noise: float, model) -> None:
+    from ..io.models import nearest_trained_level
+
+    msg = f"estimated noise level: {noise:.4g} ({100 * noise:.2f} % of the [0, 1] range)"
+    if model is None:
+        msg += f"; using the model trained for {nearest_trained_level(noise):g}"
+    print(msg, file=sys.stderr)
+
+
+def _check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    for _, out in pairs:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+
+
+def _job_pairs(image: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input, output) files: one pair, or one per image of a folder (IMAGE folder → OUT folder)."""
+    if image.is_dir() and not is_zarr(image):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"IMAGE {image} is a folder, so OUT must be a folder too ({out} is a file)")
+        files = sorted(
+            p
+            for p in image.iterdir()
+            if not p.name.startswith(".")
+            and ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or (p.is_dir() and is_zarr(p)))
+        )
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}, .zarr) in {image}")
+        return [(p, out / p.name) for p in files]
+    if not image.exists():
+        raise FileNotFoundError(f"{image} does not exist")
+    return [(image, out)]
+
+
+def _cmd_deblur(args) -> int:
+    image_path, out = Path(args.image), Path(args.output)
+    kernel = read_array(Path(args.kernel)).astype(np.float64)
+    if kernel.ndim == 3 and kernel.shape[-1] in (3, 4):
+        kernel = kernel[..., :3].mean(-1)
+    pairs = _job_pairs(image_path, out)
+    _check_outputs(pairs, args.overwrite)
+    if args.save_stages:
+        if len(pairs) != 1 or is_zarr(image_path) or is_zarr(out) or args.scheduler:
+            raise ValueError("--save-stages works on a single image file, without zarr or --scheduler")
+        return _deblur_with_stages(args, image_path, out, kernel)
+    client = None
+    if args.scheduler and args.scheduler not in ("threads", "processes", "sync"):
+        distributed = require("distributed")
+        client = distributed.Client(args.scheduler)
+    try:
+        for src, dst in pairs:
+            if args.scheduler:
+                _deblur_one_lazy(args, src, dst, kernel, client)
+            else:
+                _deblur_one(args, src, dst, kernel)
+            _say(args, f"wrote {dst}")
+    finally:
+        if client is not None:
+            client.close()
+    return 0
+
+
+def _prepare_run(args, image, kernel: np.ndarray) -> DeblurRun:
+    """The run for one input (eager or dask), with the noise estimate reported when it was asked for."""
+    run = DeblurRun.prepare(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
+                            precision=args.precision)
+    if args.noise == "auto":
+        _report_noise(args, run.noise_level, args.model)
+    return run
+
+
+def _progress_callback(bar):
+    def update(p: Progress) -> None:
+        bar.total = p.total
+        bar.n = p.done
+        bar.refresh()
+
+    return update
+
+
+def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
+    """Eager path: the whole input in memory, planes deblurred in batches (tiled when large)."""
+    zin = open_zarr_input(src) if is_zarr(src) else None
+    image = np.asarray(zin.array[...]) if zin is not None else read_array(src)
+    run = _prepare_run(args, image, kernel)
+    layout = run.layout(image)
+    bar = _progress(args, layout.n_planes * (run.iterations + 1), src.name, unit="plane-step")
+    try:
+        result = run.deblur(image, _progress_callback(bar))
+    finally:
+        bar.close()
+    dtype = _default_dtype(dst, args.dtype)
+    if is_zarr(dst):
+        with zarr_output_atomic(dst, args.overwrite) as tmp:
+            zarr = require("zarr")
+            store, apath = create_zarr_output(
+                tmp, result.shape, to_output_dtype(result[:0], dtype, image).dtype, layout.rgb, zin
+            )
+            arr = zarr.open_array(store, path=apath or "", mode="r+")
+            if layout.rgb or result.ndim == 2:
+                write_zarr_block(arr, (slice(None),) * result.ndim, to_output_dtype(result, dtype, image))
+            else:
+                lead = result.shape[:-2]
+                for idx in np.ndindex(*lead):
+                    write_zarr_block(arr, idx, to_output_dtype(result[idx], dtype, image))
+    else:
+        write_image_atomic(dst, to_output_dtype(result, dtype, image), args.overwrite)
+
+
+def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> None:
+    """dask path: one task per plane on the chosen scheduler; zarr outputs are written by the tasks."""
+    da = require("dask.array")
+    dask = require("dask")
+    from ..engine.lazy import TASK_PREFIX, deblur_lazy
+
+    zin = open_zarr_input(src) if is_zarr(src) else None
+    if zin is not None:
+        lazy_in = da.from_zarr(zin.array)
+        like_dtype = zin.array.dtype
+    else:
+        image = read_array(src)
+        lazy_in = da.from_array(
+            image, chunks=image.shape if image.ndim == 2 else (1,) * (image.ndim - 2) + image.shape[-2:]
+        )
+        like_dtype = image.dtype
+    run = _prepare_run(args, lazy_in, kernel)
+    result = deblur_lazy(run, lazy_in)
+    dtype = _default_dtype(dst, args.dtype)
+    target = to_output_dtype(np.zeros(1, np.float32), dtype, np.zeros(1, like_dtype)).dtype
+    result = result.map_blocks(to_output_dtype, dtype, np.zeros(0, like_dtype), dtype=target)
+    rgb = run.options.rgb
+    if rgb:
+        result = result.rechunk((-1, -1, -1))
+    n_planes = int(np.prod(result.numblocks))
+    scheduler = None if client is not None else args.scheduler
+
+    def run(tasks) -> list:
+        bar = _progress(args, n_planes, src.name)
+        try:
+            if client is not None:
+                distributed = require("distributed")
+                futures = client.compute(tasks)
+                by_key = {f.key: i for i, f in enumerate(futures)}
+                out = [None] * len(futures)
+                for fut in distributed.as_completed(futures):
+                    out[by_key[fut.key]] = fut.result()
+                    bar.update(1)
+                return out
+            from dask.callbacks import Callback
+
+            class _Count(Callback):
+                def _posttask(self, key, result, dsk, state, worker_id):
+                    name = key[0] if isinstance(key, tuple) else key
+                    if str(name).startswith(TASK_PREFIX):
+                        bar.update(1)
+
+            with _Count():
+                return list(dask.compute(*tasks, scheduler=scheduler))
+        finally:
+            bar.close()
+
+    blocks = result.to_delayed()
+    starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
+    if is_zarr(dst):
+        with zarr_output_atomic(dst, args.overwrite) as tmp:
+            store, apath = create_zarr_output(tmp, result.shape, target, rgb, zin)
+            tasks = []
+            for idx in np.ndindex(*blocks.shape):
+                region = tuple(
+                    slice(int(starts[ax][i]), int(starts[ax][i] + result.chunks[ax][i])) for ax, i in enumerate(idx)
+                )
+                tasks.append(dask.delayed(store_zarr_plane)(blocks[idx], store, apath, region))
+            run(tasks)
+    else:
+        out = np.empty(result.shape, target)
+        idxs = list(np.ndindex(*blocks.shape))
+        for idx, block in zip(idxs, run([blocks[i] for i in idxs]), strict=True):
+            region = tuple(
+                slice(int(starts[ax][i]), int(starts[ax][i] + result.chunks[ax][i])) for ax, i in enumerate(idx)
+            )
+            out[region] = block
+        write_image_atomic(dst, out, args.overwrite)
+
+
+def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -> int:
+    image = read_array(image_path)
+    dtype = _default_dtype(out, args.dtype)
+    # checked and the model loaded first: the stage count (default: all of the model's) names the files
+    run = _prepare_run(args, image, kernel)
+    stage_paths = []
+    for s in range(run.iterations + 1):
+        p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
+        if p.exists() and not args.overwrite:
+            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+        stage_paths.append(p)
+    last = None
+    for res in run.stages(image):
+        _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
+        write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image), args.overwrite)
+        last = res
+    write_image_atomic(out, to_output_dtype(last.image, dtype, image), args.overwrite)
+    _say(args, f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    """Blur a built-in sample image with a built-in kernel, deblur it, report PSNR, write PNGs."""
+    from ..api import deblur_stages
+    from ..data.samples import motion_blur_sample
+    from ..io.models import available_models
+
+    sample = motion_blur_sample(noise_level=args.noise)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None and not available_models():
+        print("error: no trained model is installed; pass --model PATH", file=sys.stderr)
+        return 2
+
+    def psnr(a):
+        gt = sample.sharp
+        return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - gt) ** 2))
+
+    print(f"blurry input: PSNR {psnr(sample.blurry):.2f} dB")
+    import imageio.v3 as iio
+
+    iio.imwrite(out / "blurry.png", (np.clip(sample.blurry, 0, 1) * 255).round().astype(np.uint8))
+    iio.imwrite(out / "sharp.png", (sample.sharp * 255).round().astype(np.uint8))
+    for res in deblur_stages(sample.blurry, sample.kernel, args.noise, args.iterations, args.device, model,
+                             precision=args.precision):
+        name = "initial deconvolution" if res.stage == 0 else f"stage {res.stage}"
+        print(f"{name}: PSNR {psnr(res.image):.2f} dB")
+        iio.imwrite(out / f"stage{res.stage}.png", (np.clip(res.image, 0, 1) * 255).round().astype(np.uint8))
+    print(f"images written to {out}/")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from ..io.matconvnet import load_matconvnet_cascade
+    from ..io.models import save_cascade
+
+    cascade = load_matconvnet_cascade(args.folder, args.noise)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    save_cascade(cascade, out)
+    print(f"wrote {out}: {cascade.n_stages} stages, γ = {[round(g, 4) for g in cascade.gammas.tolist()]}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from ..engine.devices import resolve_device
+    from ..training.stagewise import TrainConfig, train_all
+
+    cfg = {"cpu": TrainConfig, "cpu-finetune": TrainConfig.cpu_finetune, "gpu": TrainConfig.gpu,
+           "tiny": TrainConfig.tiny, "cpu-extend": TrainConfig.cpu_extend}[args.preset]()
+    if args.noise:
+        cfg.noise_levels = tuple(args.noise)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.finetune_minutes is not None:
+        cfg.finetune_seconds = 60.0 * args.finetune_minutes
+    if args.finetune_loss is not None:
+        cfg.finetune_loss = args.finetune_loss
+    if args.stage_minutes is not None:
+        cfg.stage_seconds = 60.0 * args.stage_minutes
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    train_all(args.data, args.val, args.val_kernels, args.out, cfg, dev, models_dir=args.install_to,
+              init_dir=args.init_from)
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from ..io.models import TRAINED_NOISE_LEVELS, load_cascade, shipped_model_path
+
+    for lv in TRAINED_NOISE_LEVELS:
+        p = shipped_model_path(lv)
+        if p.is_file():
+            c = load_cascade(p)
+            print(f"noise {lv:g}: {p.name}, {c.n_stages} stages, γ = {[round(g, 4) for g in c.gammas.tolist()]}")
+        else:
+            print(f"noise {lv:g}: not installed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..engine.devices import PRECISIONS
+
+    precision_choices = ["auto", *PRECISIONS]
+    ap = argparse.ArgumentParser(prog="fcnn-deblur", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser(
+        "deblur",
+        help="deblur an image, a stack, a zarr array or a folder of images with a known kernel",
+        description=(
+            "Deblur IMAGE (PNG/TIFF/NPY file, TIFF stack, zarr or OME-Zarr .zarr, or a folder of these) into OUT "
+            "(a file, a .zarr, or a folder when IMAGE is a folder). Outputs are written under a temporary name "
+            "and renamed when complete."
+        ),
+    )
+    d.add_argument("image")
+    d.add_argument("--kernel", "-k", required=True, help="kernel/PSF file (PNG/TIFF/NPY)")
+    d.add_argument(
+        "--noise",
+        type=_noise_arg,
+        default=0.01,
+        help="noise s.d. on the [0, 1] scale (default 0.01), or 'auto' to estimate (and print) it",
+    )
+    d.add_argument("--iterations", type=int, default=None,
+                   help="FCNN stages to run (default: all stages of the model)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--model", default=None, help="cascade file (.safetensors) instead of the shipped one")
+    d.add_argument("-o", "--output", required=True)
+    d.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "input", "uint8", "uint16"],
+        help="output type: float32 (default for TIFF/NPY/zarr), input (default for PNG/JPEG), uint8 or uint16",
+    )
+    d.add_argument(
+        "--tile-size",
+        type=_tile_arg,
+        default=None,
+        help="side in pixels of the tiles the networks run in on large planes (default: from free memory)",
+    )
+    d.add_argument(
+        "--scheduler",
+        default=None,
+        help="run through dask: 'threads', 'processes', or the address of a dask.distributed scheduler",
+    )
+    d.add_argument("--save-stages", action="store_true", help="also write OUT_stage<k> for every stage")
+    d.add_argument("--precision", choices=precision_choices, default="auto",
+                   help="arithmetic of the networks; auto = bf16 where the CPU/GPU has it natively (2-3x faster)")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--quiet", "-q", action="store_true")
+    d.set_defaults(func=_cmd_deblur)
+
+    m = sub.add_parser("demo", help="deblur a built-in motion-blurred sample and report PSNR")
+    m.add_argument("-o", "--output", default="fcnn-deblur-demo")
+    m.add_argument("--noise", type=float, default=0.01)
+    m.add_argument("--iterations", type=int, default=None,
+                   help="FCNN stages to run (default: all stages of the model)")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--model", default=None)
+    m.add_argument("--precision", choices=precision_choices, default="auto")
+    m.set_defaults(func=_cmd_demo)
+
+    i = sub.add_parser("import-matconvnet", help="convert a released MatConvNet cascade folder to a .safetensors file")
+    i.add_argument("folder", help="a noise0.0X folder, or the release's models/ folder with --noise")
+    i.add_argument("--noise", type=float, default=None)
+    i.add_argument("-o", "--output", required=True)
+    i.add_argument("--overwrite", action="store_true")
+    i.set_defaults(func=_cmd_import)
+
+    t = sub.add_parser("train", help="train the cascades (resumable: re-run the same command)")
+    t.add_argument("--data", required=True, help="folder of sharp training images")
+    t.add_argument("--val", required=True, help="folder of sharp validation images")
+    t.add_argument("--val-kernels", required=True, help="folder of validation kernels (.npy/.png)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, logs, final models")
+    t.add_argument("--preset", choices=["cpu", "cpu-finetune", "cpu-extend", "gpu", "tiny"], default="cpu",
+                   help="cpu: stage-wise recipe; cpu-finetune: end-to-end only (with --init-from); "
+                        "cpu-extend: append and train a 4th stage (with --init-from); gpu; tiny: a check")
+    t.add_argument("--noise", type=float, nargs="*", help="levels to train (default 0.01 0.03 0.05)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--install-to", default=None, help="copy final models here if they validate higher")
+    t.add_argument("--seed", type=int, default=None, help="data seed (use a new one when continuing a run)")
+    t.add_argument("--finetune-minutes", type=float, default=None,
+                   help="wall-clock budget of the end-to-end fine-tuning phase per level (presets that have one)")
+    t.add_argument("--finetune-loss", choices=["l1", "l2"], default=None,
+                   help="loss on the final image when fine-tuning end to end (default l1, eq. 8; l2 = the released code's)")
+    t.add_argument("--stage-minutes", type=float, default=None,
+                   help="wall-clock budget of each stage-wise phase (0 = the preset's step counts)")
+    t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")
+    t.set_defaults(func=_cmd_train)
+
+    ls = sub.add_parser("models", help="list the installed cascades")
+    ls.set_defaults(func=_cmd_models)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The iterative cascade: initial deconvolution, then stages of (denoise gradients → deconvolve).
+
+:class:`Cascade` holds one :class:`~.denoiser.GradientDenoiser` per stage and
+the data weights γ of every deconvolution (initial one included).
+:meth:`Cascade.run` is *the* stage loop of the package: inference (whole
+planes, CPU cache tiles, memory-bounded tiles), training-data generation and
+end-to-end training of γ all run through it.  How the networks are applied is
+a strategy passed to it (:class:`WholeGrid` by default; the engine's
+memory-bounded tiles are another).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .denoiser import GradientDenoiser, denoise_gradients
+from .solver import DeconvProblem, deconvolve, prepare_problem
+from .spectral import image_gradients
+
+#: How a stage's network is applied: ``denoise(net, x_padded, ndim) -> [z_x, z_y, ...]``.
+Denoise = Callable[[nn.Module, torch.Tensor, int], list]
+
+
+@dataclass(frozen=True)
+class WholeGrid:
+    """Apply the networks to the gradients of the whole padded grid, batch at once.
+
+    On the CPU outside autograd, :func:`~.denoiser.apply_network` still runs
+    large planes in cache-sized tiles (same result).
+    """
+
+    channels_last: bool = True
+    autocast_dtype: torch.dtype | None = None
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
+        return denoise_gradients(net, image_gradients(x, ndim), self.channels_last, self.autocast_dtype)
+
+
+@dataclass
+class StageTensors:
+    """Output of one step of the cascade on the padded FFT grid.
+
+    ``stage`` 0 is the initial deconvolution (``gradients`` None); stage s ≥ 1
+    used the denoised gradients of stage s's FCNN (``[z_x, z_y]`` for planes;
+    None when the run was asked not to keep them).
+    """
+
+    stage: int
+    x_padded: torch.Tensor
+    gradients: list[torch.Tensor] | None
+    problem: DeconvProblem
+
+    @property
+    def image(self) -> torch.Tensor:
+        """Latent image cropped to the input's extent, (N, *image_shape)."""
+        return self.problem.geometry.crop(self.x_padded)
+
+    @property
+    def z_x(self) -> torch.Tensor | None:
+        return None if self.gradients is None else self.gradients[0]
+
+    @property
+    def z_y(self) -> torch.Tensor | None:
+        return None if self.gradients is None else self.gradients[1]
+
+
+class Cascade(nn.Module):
+    """A trained cascade for one noise level.
+
+    Parameters
+    ----------
+    n_stages : int
+        Number of FCNN stages (the paper uses 3).
+    gammas : sequence of float, length ``n_stages + 1``
+        Data-term weight of the initial deconvolution and of each stage.
+    noise_level : float or None
+        Gaussian noise s.d. (on [0, 1]) the cascade was trained for.
+    metadata : dict
+        Free-form provenance (str → str), saved with the weights.
+    width : int
+        Hidden channels of every stage's network (64 = Table 1; narrow ones for tests).
+    """
+
+    def __init__(
+        self,
+        n_stages: int = 3,
+        gammas: list[float] | tuple[float, ...] | None = None,
+        noise_level: float | None = None,
+        metadata: dict[str, str] | None = None,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        if gammas is None:
+            gammas = [100.0 * 0.1 ** (i / max(n_stages, 1)) for i in range(n_stages + 1)]
+        if len(gammas) != n_stages + 1:
+            raise ValueError(f"need {n_stages + 1} gammas for {n_stages} stages, got {len(gammas)}")
+        self.denoisers = nn.ModuleList([GradientDenoiser(width) for _ in range(n_stages)])
+        # log-parametrised so γ stays positive when trained
+        self.log_gammas = nn.Parameter(torch.log(torch.tensor(list(gammas), dtype=torch.float32)))
+        self.noise_level = noise_level
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.denoisers)
+
+    @property
+    def width(self) -> int:
+        return self.denoisers[0].width if self.n_stages else 64
+
+    @property
+    def gammas(self) -> torch.Tensor:
+        return self.log_gammas.exp()
+
+    def check_iterations(self, iterations) -> int:
+        """``iterations`` validated against this cascade (None = every stage)."""
+        if iterations is None:
+            return self.n_stages
+        if isinstance(iterations, bool) or not isinstance(iterations, int) and not hasattr(iterations, "__index__"):
+            raise ValueError(f"iterations must be an integer, got {iterations!r}")
+        n = int(iterations)
+        if not 0 <= n <= self.n_stages:
+            raise ValueError(
+                f"iterations must be between 0 and {self.n_stages} (the number of trained stages "
+                f"of this model), got {iterations}"
+            )
+        return n
+
+    def run(
+        self,
+        y: torch.Tensor | None = None,
+        kernel: torch.Tensor | None = None,
+        iterations: int | None = None,
+        channels_last: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        problem: DeconvProblem | None = None,
+        denoise: Denoise | None = None,
+        keep_gradients: bool = True,
+    ) -> Iterator[StageTensors]:
+        """Yield the initial deconvolution, then the result of each stage.
+
+        Parameters
+        ----------
+        y : (N, H, W) float tensor
+            Blurry planes on a [0, 1] scale (not needed when ``problem`` is given).
+        kernel : (kh, kw) or (N, kh, kw) tensor, odd-sized, normalised.
+        iterations : int, optional
+            Number of FCNN stages to run (default: all).
+        channels_last, autocast_dtype
+            Memory format and precision of the default :class:`WholeGrid` application.
+        problem : DeconvProblem, optional
+            Precomputed :func:`~.solver.prepare_problem` (shares the spectra).
+        denoise : callable, optional
+            How the networks are applied (default :class:`WholeGrid`).
+        keep_gradients : bool
+            Keep the denoised gradients in the yielded :class:`StageTensors`
+            (False frees each as soon as its deconvolution has used it).
+        """
+        n = self.check_iterations(iterations)
+        if problem is None:
+            problem = prepare_problem(y, kernel)
+        if denoise is None:
+            denoise = WholeGrid(channels_last, autocast_dtype)
+        gammas = self.gammas
+        x = deconvolve(problem, gammas[0])
+        yield StageTensors(0, x, None, problem)
+        for s in range(n):
+            zs = denoise(self.denoisers[s], x, problem.ndim)
+            del x
+            x = deconvolve(problem, gammas[s + 1], zs)
+            if not keep_gradients:
+                zs = None
+            yield StageTensors(s + 1, x, zs, problem)
+
+    def forward(self, y: torch.Tensor, kernel: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
+        """Final latent image (N, H, W) after ``iterations`` stages."""
+        out = None
+        for out in self.run(y, kernel, iterations):
+            pass
+        return out.image

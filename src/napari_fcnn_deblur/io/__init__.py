@@ -1,0 +1,1 @@
+"""Files: trained cascade files (:mod:`.models`), the authors' MatConvNet release (:mod:`.matconvnet`), images (:mod:`.images`)."""

@@ -1,0 +1,1 @@
+"""Training the cascades (stage-wise, then γ and end-to-end fine-tuning), resumable on the CPU, one command on a GPU."""

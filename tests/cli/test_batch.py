@@ -1,0 +1,199 @@
+"""Batch command line: TIFF stacks, zarr, folders, atomic writes, --noise auto, --scheduler."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fcnn_deblur import deblur, deblur_stages
+from napari_fcnn_deblur.cli import commands as cli
+from napari_fcnn_deblur.cli import main
+from napari_fcnn_deblur.data.samples import blur_valid
+
+
+@pytest.fixture
+def stack_files(tmp_path, camera_case, known_model_file):
+    blurry, k, _ = camera_case
+    stack = (np.stack([blurry, blurry[::-1], blurry[:, ::-1]]).clip(0, 1) * 3000 + 100).round().astype(np.uint16)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack, photometric="minisblack")
+    kern = tmp_path / "kernel.npy"
+    np.save(kern, k)
+    base = ["deblur", str(src), "-k", str(kern), "--model", str(known_model_file), "--iterations", "1", "-q"]
+    return stack, src, base
+
+
+def test_tiff_stack_shape_dtype_and_no_overwrite(stack_files, tmp_path, known_model_file, capsys):
+    stack, src, base = stack_files
+    out = tmp_path / "out.tif"
+    assert main(base + ["-o", str(out)]) == 0
+    res = tifffile.imread(out)
+    assert res.shape == stack.shape and res.dtype == np.float32
+    expected = deblur(stack, np.load(tmp_path / "kernel.npy"), model=known_model_file, iterations=1)
+    np.testing.assert_allclose(res, expected, atol=1e-3)
+    before = out.read_bytes()
+    assert main(base + ["-o", str(out), "--dtype", "input"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(base + ["-o", str(out), "--dtype", "input", "--overwrite"]) == 0
+    as_input = tifffile.imread(out)
+    assert as_input.dtype == np.uint16 and as_input.shape == stack.shape
+    assert main(base + ["-o", str(tmp_path / "u8.tif"), "--dtype", "uint8"]) == 0
+    assert tifffile.imread(tmp_path / "u8.tif").dtype == np.uint8
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries left
+
+
+def test_interrupted_tiff_write_leaves_no_file(stack_files, tmp_path, monkeypatch):
+    _, _, base = stack_files
+    out = tmp_path / "out.tif"
+
+    def half_write(path, array, **kw):
+        with open(path, "wb") as f:
+            f.write(b"II*\x00 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tifffile, "imwrite", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        main(base + ["-o", str(out)])
+    assert list(tmp_path.glob("*out*")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_interrupted_zarr_write_leaves_no_store(stack_files, tmp_path, monkeypatch):
+    pytest.importorskip("zarr")
+    _, _, base = stack_files
+    out = tmp_path / "out.zarr"
+    calls = []
+    original = cli.write_zarr_block
+
+    def fail_on_second(arr, region, block):
+        calls.append(region)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        original(arr, region, block)
+
+    monkeypatch.setattr(cli, "write_zarr_block", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(base + ["-o", str(out)])
+    assert len(calls) == 2
+    assert not out.exists() and not (tmp_path / ".out.partial.zarr").exists()
+
+
+def test_folder_run(tmp_path, camera_case, known_model_file):
+    blurry, k, _ = camera_case
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    u8 = (blurry.clip(0, 1) * 255).round().astype(np.uint8)
+    iio.imwrite(folder / "a.png", u8)
+    iio.imwrite(folder / "b.png", u8[::-1].copy())
+    tifffile.imwrite(folder / "c.tif", blurry.astype(np.float32))
+    (folder / "notes.txt").write_text("not an image")
+    np.save(tmp_path / "k.npy", k)
+    args = [
+        "deblur",
+        str(folder),
+        "-k",
+        str(tmp_path / "k.npy"),
+        "--model",
+        str(known_model_file),
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.tif"]
+    assert iio.imread(out / "a.png").dtype == np.uint8
+    c = tifffile.imread(out / "c.tif")
+    assert c.dtype == np.float32
+    np.testing.assert_allclose(c, deblur(blurry, k, model=known_model_file), atol=1e-5)
+    assert main(args) == 2  # outputs exist: nothing is overwritten
+
+
+def test_zarr_round_trip_and_scheduler(stack_files, tmp_path, camera_case):
+    zarr = pytest.importorskip("zarr")
+    stack, _, base = stack_files
+    base = base[:1] + base[2:]  # drop the TIFF input
+    plain = tmp_path / "in.zarr"
+    zarr.create_array(str(plain), data=stack, chunks=(1, 64, 64))
+    ome = tmp_path / "ome.zarr"  # OME-Zarr 0.4 layout: group, multiscales, level arrays "0", "1"
+    root = zarr.open_group(str(ome), mode="w", zarr_format=2)
+    root.create_array("0", data=stack, chunks=(1, 176, 176))
+    root.create_array("1", data=stack[:, ::2, ::2], chunks=(1, 88, 88))
+    ms = {"version": "0.4", "axes": [{"name": a} for a in "zyx"], "datasets": [{"path": "0"}, {"path": "1"}]}
+    root.attrs["multiscales"] = [ms]
+
+    assert main(base[:1] + [str(plain)] + base[1:] + ["-o", str(tmp_path / "a.zarr")]) == 0
+    a = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert a.shape == stack.shape and a.dtype == np.float32
+    assert main(base[:1] + [str(plain)] + base[1:] + ["-o", str(tmp_path / "a.tif")]) == 0
+    np.testing.assert_allclose(a[...], tifffile.imread(tmp_path / "a.tif"), atol=1e-6)
+
+    assert (
+        main(
+            base[:1]
+            + [str(ome)]
+            + base[1:]
+            + ["-o", str(tmp_path / "b.zarr"), "--dtype", "input", "--scheduler", "threads"]
+        )
+        == 0
+    )
+    b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    assert b.attrs["multiscales"][0]["datasets"] == [{"path": "0"}]
+    assert b["0"].dtype == np.uint16 and b["0"].shape == stack.shape
+    expected = np.clip(np.rint(a[...]), 0, 65535).astype(np.uint16)
+    assert np.abs(b["0"][...].astype(int) - expected.astype(int)).max() <= 1  # rounding of float32 round-off
+
+    # refuses to overwrite a zarr store, even through dask
+    assert main(base[:1] + [str(plain)] + base[1:] + ["-o", str(tmp_path / "a.zarr"), "--scheduler", "threads"]) == 2
+
+
+@pytest.fixture
+def three_models(tmp_path, monkeypatch):
+    """Shipped-model slots for 0.01 / 0.03 / 0.05 filled with test cascades (told apart by γ0)."""
+    from conftest import soft_threshold_cascade
+    from napari_fcnn_deblur.io import models as model_io
+
+    paths = {}
+    for level, g0 in ((0.01, 200.0), (0.03, 100.0), (0.05, 50.0)):
+        c = soft_threshold_cascade(gammas=(g0, 60.0, 20.0, 5.0))
+        c.noise_level = level
+        paths[level] = model_io.save_cascade(c, tmp_path / f"fcnn_noise{level:.2f}.safetensors")
+    monkeypatch.setattr(model_io, "shipped_model_path", lambda level: paths[level])
+    return paths
+
+
+@pytest.fixture
+def noisy3(camera_case):
+    _, k, _ = camera_case
+    from skimage import data
+
+    sharp = data.camera()[80:256, 180:356].astype(np.float32) / 255
+    blurry, _ = blur_valid(sharp, k, 0.03, seed=4)
+    return blurry.astype(np.float32), k
+
+
+def test_auto_noise_picks_the_model(noisy3, three_models, caplog):
+    import logging
+
+    img, k = noisy3
+    with caplog.at_level(logging.INFO, logger="napari_fcnn_deblur"):
+        first = next(deblur_stages(img, k, noise_level="auto", iterations=1))
+    assert abs(first.noise_level - 0.03) < 0.005
+    assert first.gamma == pytest.approx(100.0, rel=1e-4)  # γ0 of the 0.03 model
+    assert "estimated noise level" in caplog.text
+    explicit = next(deblur_stages(img, k, noise_level=0.01, iterations=1))
+    assert explicit.noise_level == 0.01 and explicit.gamma == pytest.approx(200.0, rel=1e-4)
+    np.testing.assert_array_equal(
+        deblur(img, k, noise_level="auto", iterations=1), deblur(img, k, noise_level=first.noise_level, iterations=1)
+    )
+
+
+def test_cli_noise_auto_prints_estimate(noisy3, three_models, tmp_path, capsys):
+    img, k = noisy3
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    np.save(tmp_path / "k.npy", k)
+    args = ["deblur", str(tmp_path / "img.tif"), "-k", str(tmp_path / "k.npy"), "--noise", "auto", "--iterations", "1"]
+    assert main(args + ["-o", str(tmp_path / "out.tif"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "estimated noise level: 0.03" in err and "trained for 0.03" in err
+    with pytest.raises(SystemExit):
+        main(args[:-2] + ["--noise", "loud", "-o", str(tmp_path / "bad.tif")])

@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import psnr
+from napari_fcnn_deblur.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, camera_case):
+    blurry, k, gt = camera_case
+    img = tmp_path / "blurry.png"
+    iio.imwrite(img, (blurry.clip(0, 1) * 255).round().astype(np.uint8))
+    kern = tmp_path / "kernel.npy"
+    np.save(kern, k)
+    return img, kern, gt
+
+
+def test_png_round_trip(files, tmp_path, known_model_file):
+    img, kern, gt = files
+    out = tmp_path / "out.png"
+    assert main(["deblur", str(img), "--kernel", str(kern), "--model", str(known_model_file), "-o", str(out), "-q"]) == 0
+    res = iio.imread(out)
+    assert res.dtype == np.uint8 and res.shape == gt.shape
+    blurry = iio.imread(img)
+    assert psnr(res / 255.0, gt) > psnr(blurry / 255.0, gt) + 2
+
+
+def test_refuses_to_overwrite(files, tmp_path, known_model_file, capsys):
+    img, kern, _ = files
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"precious")
+    args = ["deblur", str(img), "--kernel", str(kern), "--model", str(known_model_file), "-o", str(out), "-q"]
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main(args + ["--overwrite"]) == 0
+    assert tifffile.imread(out).dtype == np.float32
+
+
+def test_save_stages_and_bad_kernel(files, tmp_path, known_model_file, capsys):
+    img, kern, _ = files
+    out = tmp_path / "res.tif"
+    assert main(["deblur", str(img), "-k", str(kern), "--model", str(known_model_file), "-o", str(out), "--save-stages",
+                 "--iterations", "2", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("res_stage*.tif")) == ["res_stage0.tif", "res_stage1.tif", "res_stage2.tif"]
+    np.save(tmp_path / "zero.npy", np.zeros((5, 5)))
+    assert main(["deblur", str(img), "-k", str(tmp_path / "zero.npy"), "--model", str(known_model_file),
+                 "-o", str(tmp_path / "x.tif")]) == 2
+    assert "all zero" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_console_script_installed():
+    r = subprocess.run([sys.executable, "-m", "napari_fcnn_deblur.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "deblur" in r.stdout
+
+
+def test_core_imports_without_qt():
+    code = (
+        "import sys; import napari_fcnn_deblur, napari_fcnn_deblur.cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PySide6', 'magicgui')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_default_runs_every_stage_of_the_model(files, tmp_path):
+    """Without --iterations, a 4-stage model gives 4 stages (not a fixed 3)."""
+    from conftest import soft_threshold_cascade
+    from napari_fcnn_deblur.io.models import save_cascade
+
+    img, kern, _ = files
+    four = save_cascade(
+        soft_threshold_cascade(4, thresholds=(0.02, 0.01, 0.005, 0.003), gammas=(200.0, 60.0, 20.0, 5.0, 2.0)),
+        tmp_path / "four.safetensors",
+    )
+    out = tmp_path / "res.tif"
+    assert main(["deblur", str(img), "-k", str(kern), "--model", str(four), "-o", str(out), "--save-stages", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("res_stage*.tif")) == [f"res_stage{s}.tif" for s in range(5)]
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "res_stage4.tif"))

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_fcnn_deblur.core.cascade import Cascade
+from napari_fcnn_deblur.io import models as model_io
+from napari_fcnn_deblur.io.models import (
+    ModelNotFoundError,
+    get_model,
+    load_cascade,
+    nearest_trained_level,
+    save_cascade,
+)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    c = Cascade(2, gammas=[100.0, 10.0, 1.0], noise_level=0.03, metadata={"note": "x"}, width=6)
+    p = save_cascade(c, tmp_path / "m.safetensors")
+    d = load_cascade(p)
+    assert d.n_stages == 2 and d.noise_level == 0.03 and d.metadata["note"] == "x" and d.width == 6
+    assert model_io.read_metadata(p)["n_stages"] == "2"  # the header alone (what the widget reads)
+    np.testing.assert_allclose(d.gammas.detach().numpy(), [100, 10, 1], rtol=1e-6)
+    for a, b in zip(c.parameters(), d.parameters()):
+        assert torch.allclose(a, b)
+
+
+def test_rejects_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a napari-fcnn-deblur cascade"):
+        load_cascade(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_cascade(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a napari-fcnn-deblur cascade"):
+        model_io.read_metadata(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize("level, expected", [(0.0, 0.01), (0.015, 0.01), (0.02, 0.03), (0.035, 0.03), (0.04, 0.05), (0.2, 0.05)])
+def test_nearest_level_rule(level, expected):
+    assert nearest_trained_level(level) == expected
+
+
+def test_missing_shipped_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_io, "shipped_model_path", lambda lv: tmp_path / f"none{lv}.safetensors")
+    with pytest.raises(ModelNotFoundError, match="no trained model is installed"):
+        get_model(None, 0.01)
+
+
+def test_model_cache_returns_same_object(tmp_path):
+    p = save_cascade(Cascade(1, gammas=[10.0, 1.0], width=4), tmp_path / "m.safetensors")
+    assert get_model(p, 0.01) is get_model(str(p), 0.05)
