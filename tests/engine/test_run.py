@@ -103,3 +103,32 @@ def test_options_are_validated_before_any_work(camera_case, known_cascade):
         DeblurRun.prepare(np.zeros((20, 20), bool), k, model=known_cascade)
     with pytest.raises(ValueError, match="larger than the image"):
         DeblurRun.prepare(blurry[:5, :5], k, model=known_cascade)
+
+
+def test_robustness_at_the_boundary(camera_case, known_cascade):
+    """Values and options that used to give NaN, inf or a TypeError are clear ValueErrors (or a warning)."""
+    import datetime
+    import warnings
+
+    from napari_fcnn_deblur import deblur
+
+    blurry, k, _ = camera_case
+    with pytest.raises(ValueError, match="real numeric"):
+        DeblurRun.prepare(np.zeros((20, 20), "m8[s]"), k[:5, :5], model=known_cascade)
+    with pytest.raises(ValueError, match="real numeric"):
+        deblur(np.full((20, 20), datetime.timedelta(seconds=1)), k[:5, :5], model=known_cascade)
+    with pytest.raises(ValueError, match="model must be"):
+        DeblurRun.prepare(blurry, k, model=123)
+    huge = blurry.astype(np.float64) * 1e39
+    with pytest.raises(ValueError, match="beyond what float32 holds"):
+        deblur(huge, k, model=known_cascade)
+    with pytest.raises(ValueError, match="beyond what float32 holds"):
+        deblur(blurry, k, model=known_cascade, intensity_range=(0, 1e39))
+    out = deblur(blurry, k.astype(np.float64) * 1e307, model=known_cascade)  # its sum overflows float64
+    np.testing.assert_allclose(out, deblur(blurry, k, model=known_cascade), atol=1e-5)
+    with pytest.raises(ValueError, match="too small to estimate"):
+        deblur(np.random.default_rng(0).random((1, 40)), np.ones((1, 3)), noise_level="auto", model=known_cascade)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deblur(blurry * 1e-6, k, model=known_cascade)
+    assert any("span only" in str(w.message) for w in caught)

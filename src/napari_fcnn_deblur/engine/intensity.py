@@ -21,6 +21,7 @@ images always uses the exact minimum and maximum.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ HIGH_PERCENTILE = 99.95
 EXACT_SIZE = 4_000_000
 #: Approximate number of values in the strided sample of larger arrays.
 SAMPLE_SIZE = 2_000_000
+#: A float image taken as [0, 1] whose values span less than this gets a warning (signal below any noise level).
+TINY_RANGE = 1e-3
 
 _NONFINITE = "the image contains NaN or infinite pixels; replace them (e.g. np.nan_to_num) first"
 
@@ -58,6 +61,9 @@ class IntensityScaling:
             raise ValueError(f"intensity_range must be (low, high), got {intensity_range!r}") from None
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise ValueError(f"intensity_range must be two finite values with high > low, got {intensity_range!r}")
+        limit = float(np.finfo(np.float32).max)
+        if max(abs(lo), abs(hi), hi - lo) > limit:
+            raise ValueError(f"intensity_range {intensity_range!r} is beyond what float32 holds ({limit:.3g})")
         return cls(lo, hi - lo)
 
 
@@ -106,6 +112,13 @@ def intensity_scaling(image) -> IntensityScaling:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError(_NONFINITE)
         if lo >= -0.25 and hi <= 1.25:
+            if hi - lo < TINY_RANGE:
+                warnings.warn(
+                    f"the image's values span only {hi - lo:.3g} (from {lo:.3g} to {hi:.3g}); it is taken as already "
+                    "on the [0, 1] scale, so its signal is below the noise levels the models know. Pass "
+                    "intensity_range=(low, high) (or --intensity-range) to map its own range to [0, 1]",
+                    stacklevel=3,
+                )
             return IntensityScaling(0.0, 1.0)
     lo, hi = np.percentile(sample.ravel().astype(np.float64), [LOW_PERCENTILE, HIGH_PERCENTILE])
     if not hi > lo:

@@ -57,6 +57,9 @@ def prepare_kernel(kernel, image_shape: tuple[int, int] | None = None) -> np.nda
             )
         k = np.where(neg, 0.0, k)
     total = k.sum()
+    if not np.isfinite(total):  # the sum of huge values overflows: scale first (normalised to sum 1 below anyway)
+        k = k / peak
+        total = k.sum()
     if total <= 0:
         raise ValueError("the kernel sums to zero: a blur kernel needs positive total mass")
     if image_shape is not None and (k.shape[0] > image_shape[0] or k.shape[1] > image_shape[1]):

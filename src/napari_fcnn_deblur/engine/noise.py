@@ -23,6 +23,9 @@ MAX_PLANES = 16
 def haar_mad_sigma(plane: np.ndarray) -> float:
     """Noise s.d. of a 2D plane from its finest diagonal Haar coefficients (MAD / 0.6745)."""
     p = np.asarray(plane, dtype=np.float64)
+    if min(p.shape[-2:]) < 2:
+        raise ValueError(f"a plane of {p.shape[0]}×{p.shape[1]} pixels is too small to estimate its noise "
+                         "(at least 2×2 needed); give noise_level as a number")
     h, w = (p.shape[0] // 2) * 2, (p.shape[1] // 2) * 2
     p = p[:h, :w]
     # orthonormal Haar HH: unit gain for white noise

@@ -89,7 +89,8 @@ def check_image(image) -> None:
     if shape is None or dtype is None:
         raise ValueError(f"the image must be an array (numpy, dask, zarr), got {type(image).__name__}")
     dtype = np.dtype(dtype)
-    if dtype == np.dtype(bool) or dtype == np.dtype(object) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+    if (dtype == np.dtype(bool) or dtype == np.dtype(object) or dtype.kind in "mM"  # timedelta/datetime
+            or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating)):
         raise ValueError(f"the image must be a real numeric array (integer or float), got dtype {dtype}")
     if len(shape) < 2:
         raise ValueError(f"the image must be at least 2D (Y, X), got shape {tuple(shape)}")
@@ -99,10 +100,30 @@ def check_image(image) -> None:
         raise ValueError(f"the image is empty (shape {tuple(shape)})")
 
 
+#: Largest magnitude the engine computes with (float32).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(a: np.ndarray) -> None:
-    """Raise a clear ``ValueError`` for NaN or infinite pixels of a float array."""
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+    """Raise a clear ``ValueError`` for NaN or infinite pixels, or values beyond float32, in a float array."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(a)):
         raise ValueError("the image contains NaN or infinite pixels; replace them (e.g. np.nan_to_num) first")
+    if a.dtype.itemsize > 4 and a.size and float(np.abs(a).max()) > FLOAT32_MAX:
+        raise ValueError(
+            f"the image has values up to {float(np.abs(a).max()):.3g}, beyond what float32 holds "
+            f"({FLOAT32_MAX:.3g}); rescale it first"
+        )
+
+
+def check_model(model) -> None:
+    """``model=`` must be None, a path (str / os.PathLike) or a Cascade."""
+    if model is None or isinstance(model, (str, os.PathLike, Cascade)):
+        return
+    raise ValueError(
+        f"model must be None (the shipped model), a cascade file path or a Cascade, got {type(model).__name__} {model!r}"
+    )
 
 
 def is_auto(noise_level) -> bool:
@@ -210,6 +231,7 @@ class DeblurRun:
         :mod:`.layout`.  Raises ``ValueError`` before any work on a bad option.
         """
         check_image(image)
+        check_model(model)
         layout = PlaneLayout.of(image.shape, rgb)
         k = prepare_kernel(kernel, layout.plane_shape)
         if not is_auto(noise_level):
