@@ -95,3 +95,14 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(dists, tmp_path):
     )
     out = _run([str(py), "-c", check], cwd=tmp_path)
     assert f"models: {sorted(float(n[10:14]) for n in SHIPPED)}" in out.stdout
+
+
+def test_readme_links_are_absolute():
+    """PyPI and the napari hub show the README out of the repository: relative links and images break there."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    assert targets
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert not relative, relative

@@ -26,6 +26,31 @@ def test_manifest_is_valid_and_importable():
     assert mf.contributions.readers[0].filename_patterns == ["*.mat"]
 
 
+def test_manifest_menu_and_icon():
+    from importlib.resources import files
+
+    mf = npe2.PluginManifest.from_distribution(PLUGIN)
+    menus = mf.contributions.menus
+    assert [item.command for item in menus["napari/layers/filter"]] == ["napari-fcnn-deblur.make_widget"]
+    package, resource = mf.icon.split(":")
+    icon = files(package) / resource
+    assert icon.is_file()
+    import imageio.v3 as iio
+
+    img = iio.imread(icon)
+    assert img.shape[0] == img.shape[1] >= 128  # square, at least 128 px (napari hub)
+
+
+def test_widget_is_in_the_layers_filter_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    from napari._app_model import get_app_model
+
+    items = get_app_model().menus.get_menu("napari/layers/filter")
+    titles = [getattr(getattr(i, "command", None), "title", "") for i in items]
+    assert any("FCNN deblur" in t for t in titles), titles
+    del viewer
+
+
 def test_npe2_validate_command():
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent))
     if exe is None:
@@ -41,6 +66,11 @@ def test_pyproject_declares_the_napari_plugin():
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["napari.manifest"] == {PLUGIN: "napari_fcnn_deblur:napari.yaml"}
     assert "Framework :: napari" in meta["project"]["classifiers"]
+    assert "Programming Language :: Python :: 3.13" in meta["project"]["classifiers"]
+    assert any(r.startswith("napari[all]") for r in meta["project"]["optional-dependencies"]["all"])
+    assert "User Support" in meta["project"]["urls"]
+    assert any(r.startswith("setuptools>=77") for r in meta["build-system"]["requires"])  # str license + license-files
+    assert "version" in meta["project"]  # the one version number; the package and the CLI read it from metadata
 
 
 @pytest.mark.parametrize("make", [_sample_data.motion_blur_data, _sample_data.fluorescence_data])
