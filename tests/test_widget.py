@@ -396,6 +396,30 @@ def test_stack_current_plane_preview_and_whole_layer(make_napari_viewer, qtbot, 
     np.testing.assert_array_equal(stack.data, planes)
 
 
+def test_results_keep_the_source_frame_and_metadata(make_napari_viewer, qtbot, case, model_file):
+    viewer = make_napari_viewer()
+    planes = np.stack([case["blurry"][:64, :64], case["blurry"][40:104, 40:104]])
+    affine = np.array([[1, 0, 0, 0], [0, np.cos(0.3), -np.sin(0.3), 0], [0, np.sin(0.3), np.cos(0.3), 0], [0, 0, 0, 1]])
+    src = viewer.add_image(planes.copy(), name="cells", scale=(0.5, 0.1, 0.1), translate=(1.0, 2.0, 3.0),
+                           affine=affine, metadata={"channel": "GFP", "acquired": "2026-11-30"},
+                           units=("um", "um", "um"), axis_labels=("z", "y", "x"))
+    viewer.add_image(case["kernel"], name="psf")
+    widget = open_widget(viewer, model_file)
+    widget.scope.value = WHOLE_LAYER
+    widget.iterations.value = 1
+    widget.show_gradients.value = True
+    run_and_wait(qtbot, widget)
+    for name in ("cells stage 0", "cells stage 1", "cells grad x stage 1"):
+        out = viewer.layers[name]
+        assert out.metadata["channel"] == "GFP" and out.metadata["acquired"] == "2026-11-30"
+        assert out.metadata["napari_fcnn_deblur"]["source"] == "cells"
+        assert tuple(out.axis_labels) == ("z", "y", "x") and tuple(out.units) == tuple(src.units)
+        np.testing.assert_allclose(out.affine.affine_matrix, src.affine.affine_matrix)
+        np.testing.assert_allclose(out.scale, src.scale)
+        np.testing.assert_allclose(out.translate, src.translate)
+    assert "napari_fcnn_deblur" not in src.metadata  # the source's own metadata is not touched
+
+
 def test_rgb_image(make_napari_viewer, qtbot, case, model_file):
     viewer = make_napari_viewer()
     b = case["blurry"][:64, :64]

@@ -231,6 +231,8 @@ class _RunState:
     job: _Job
     source_scale: tuple[float, ...]
     out_translate: tuple[float, ...]
+    source_metadata: dict  # the source layer's own metadata: results merge it (ours under META_KEY)
+    frame: dict  # units, axis labels and affine of the source layer (where this napari has them)
     contrast_limits: tuple[float, float]
     colormap: Any
     out_lead: tuple[int, ...]
@@ -572,10 +574,16 @@ class DeblurWidget(Container):
         if job.preview:  # a one-plane result sits exactly at its plane of the stack
             for i, idx in enumerate(job.plane_index):
                 translate[i] += idx * scale[i]
+        frame: dict[str, Any] = {"affine": np.asarray(source.affine.affine_matrix)}
+        for attr in ("units", "axis_labels"):  # napari >= 0.6
+            if hasattr(source, attr):
+                frame[attr] = tuple(getattr(source, attr))
         self._run = _RunState(
             job=job,
             source_scale=scale,
             out_translate=tuple(translate),
+            source_metadata={k: v for k, v in source.metadata.items() if k != META_KEY},
+            frame=frame,
             contrast_limits=tuple(float(c) for c in source.contrast_limits),
             colormap=None if source.rgb else source.colormap,
             out_lead=(1,) * len(lead_shape) if job.preview else lead_shape,
@@ -692,8 +700,11 @@ class DeblurWidget(Container):
         if existing is not None and existing.rgb == rgb and existing.data.ndim == data.ndim:
             existing.data = data
             existing.scale, existing.translate = run.source_scale, run.out_translate
+            for attr, value in run.frame.items():
+                setattr(existing, attr, value)
             existing.contrast_limits_range = (min(limits[0], float(data.min())), max(limits[1], float(data.max())))
             existing.contrast_limits = limits
+            existing.metadata.update(run.source_metadata)
             existing.metadata[META_KEY] = info
             return existing
         kwargs: dict[str, Any] = {
@@ -702,8 +713,9 @@ class DeblurWidget(Container):
             "scale": run.source_scale,
             "translate": run.out_translate,
             "contrast_limits": limits,
-            "metadata": {META_KEY: info},
+            "metadata": {**run.source_metadata, META_KEY: info},
             "visible": role == "image",
+            **run.frame,
         }
         if colormap is not None and not rgb:
             kwargs["colormap"] = colormap
