@@ -420,6 +420,21 @@ def test_results_keep_the_source_frame_and_metadata(make_napari_viewer, qtbot, c
     assert "napari_fcnn_deblur" not in src.metadata  # the source's own metadata is not touched
 
 
+def test_pixel_sizes_from_the_layer_scale(make_napari_viewer, qtbot, case, model_file, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(case["blurry"].copy(), name="cells", scale=(0.08, 0.08), units="um")
+    psf = viewer.add_image(case["kernel"], name="psf", scale=(0.16, 0.16), units="um")
+    widget = open_widget(viewer, model_file)
+    assert widget.psf_pixel_size.value == pytest.approx(80.0)  # the widefield PSF uses the image's pixel size
+    run_and_wait(qtbot, widget)
+    errors = [msg for sev, msg in notes() if sev == "error"]
+    assert any("must be sampled on the image's pixel grid" in m for m in errors), notes()
+    assert len(viewer.layers) == 2  # never used silently
+    psf.scale = (0.08, 0.08)
+    run_and_wait(qtbot, widget)
+    assert "cells stage 3" in viewer.layers
+
+
 def test_rgb_image(make_napari_viewer, qtbot, case, model_file):
     viewer = make_napari_viewer()
     b = case["blurry"][:64, :64]

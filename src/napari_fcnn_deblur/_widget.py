@@ -216,6 +216,32 @@ def _kernel_named(layer: Image) -> bool:
     return "kernel" in name or "psf" in name
 
 
+def _pixel_size_nm(layer: Image) -> float | None:
+    """The layer's pixel size along X in nanometres, when its scale has a length unit (None: no physical size)."""
+    units = getattr(layer, "units", None)  # napari >= 0.6
+    if not units:
+        return None
+    try:
+        nm = float(layer.scale[-2 if layer.rgb else -1]) * float((1 * units[-1]).to("nanometer").magnitude)
+    except Exception:  # 'pixel' or another unit without a length
+        return None
+    return nm if np.isfinite(nm) and nm > 0 else None
+
+
+def _kernel_scale_problem(image: Image, kernel: Image) -> str | None:
+    """A message when the kernel layer's pixels are not the image's (a kernel with scale 1 is taken in image pixels)."""
+    nd = 2
+    ks = np.asarray(kernel.scale[-nd:], float)
+    im = np.asarray(image.scale[-3:-1] if image.rgb else image.scale[-nd:], float)
+    if np.allclose(ks, 1.0) or np.allclose(ks, im, rtol=1e-3):
+        return None
+    return (
+        f"The kernel layer '{kernel.name}' has pixels of {ks[0]:g} × {ks[1]:g} but the image '{image.name}' has "
+        f"{im[0]:g} × {im[1]:g} (layer scale): the kernel must be sampled on the image's pixel grid. Resample the "
+        "kernel to the image's pixel size, or set the kernel layer's scale to the image's if it already is."
+    )
+
+
 def _stage_count(path: Path) -> int | None:
     """Number of stages of a cascade file, from its header only (None when unreadable)."""
     try:
@@ -444,6 +470,9 @@ class DeblurWidget(Container):
     def _update_scope(self, *_: Any) -> None:
         layer = self.image_layer.value
         self.scope.visible = layer is not None and len(_layer_array(layer).shape) > _plane_ndim(layer)
+        nm = _pixel_size_nm(layer) if layer is not None else None
+        if nm is not None:  # the generated PSFs follow the image's physical pixel size
+            self.psf_pixel_size.value = nm
 
     @property
     def running(self) -> bool:
@@ -490,6 +519,10 @@ class DeblurWidget(Container):
             what = f"generated kernel '{kernel_name}'"
         else:
             kernel_name, what = kernel.name, f"kernel layer '{kernel.name}'"
+            mismatch = _kernel_scale_problem(image, kernel)
+            if mismatch is not None:
+                show_error(mismatch)
+                return None
             if kernel.rgb:
                 show_error(
                     f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
