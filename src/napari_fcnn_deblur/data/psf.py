@@ -111,17 +111,19 @@ def widefield_psf(na: float, wavelength: float, pixel_size: float, size: int | N
 
 
 def center_psf(psf: np.ndarray) -> np.ndarray:
-    """Shift a PSF so its centroid falls on the middle pixel (integer shift, zero-padded, odd size)."""
+    """Shift a 2D or 3D PSF so its centroid falls on the middle pixel (integer shift, zero-padded, odd size).
+
+    The centroid is rounded to the nearest pixel (voxel) and the array is zero-padded around it to
+    the smallest odd size keeping every pixel, so the shift is exact (no interpolation).
+    """
     k = np.clip(np.asarray(psf, dtype=np.float64), 0, None)
-    if k.ndim != 2 or k.sum() <= 0:
-        raise ValueError("center_psf needs a 2D PSF with positive mass")
-    cy, cx = ndimage.center_of_mass(k)
-    cy, cx = int(round(cy)), int(round(cx))
+    if k.ndim not in (2, 3) or k.sum() <= 0:
+        raise ValueError("center_psf needs a 2D or 3D PSF with positive mass")
+    centre = [int(round(c)) for c in ndimage.center_of_mass(k)]
     # half-widths needed around the centroid to keep every pixel
-    hy = max(cy, k.shape[0] - 1 - cy)
-    hx = max(cx, k.shape[1] - 1 - cx)
-    out = np.zeros((2 * hy + 1, 2 * hx + 1))
-    out[hy - cy : hy - cy + k.shape[0], hx - cx : hx - cx + k.shape[1]] = k
+    half = [max(c, n - 1 - c) for c, n in zip(centre, k.shape)]
+    out = np.zeros([2 * h + 1 for h in half])
+    out[tuple(slice(h - c, h - c + n) for h, c, n in zip(half, centre, k.shape))] = k
     return _normalise(out)
 
 
