@@ -97,3 +97,11 @@ def camera_case():
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))
+
+
+def camera_crops(size: int = 90) -> list[np.ndarray]:
+    """Six crops of scikit-image's camera picture on [0, 1]: small natural training images."""
+    from skimage import data
+
+    cam = data.camera().astype(np.float32) / 255
+    return [cam[r : r + size, c : c + size] for r in (0, 200, 400) for c in (0, 250)]

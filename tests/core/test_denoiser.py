@@ -85,3 +85,21 @@ def test_cpu_cache_tiles_equal_the_whole_plane():
     with torch.inference_mode():
         tiled = apply_network(net, t, channels_last=False)
     assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+def test_extra_input_channels_keep_the_plain_keys_and_follow_the_gradient_view():
+    from napari_fcnn_deblur.core.denoiser import network_inputs
+
+    plain, cond = GradientDenoiser(8), GradientDenoiser(8, in_channels=2)
+    assert list(plain.state_dict()) == list(cond.state_dict())
+    assert cond.convs[0].weight.shape[1] == 2 and plain.in_channels == 1
+    gx, gy, m = torch.rand(2, 6, 9), torch.rand(2, 6, 9), torch.rand(2, 6, 9)
+    ix, iy = network_inputs([gx, gy], [m])
+    assert torch.equal(ix, torch.stack([gx, m], 1))
+    assert torch.equal(iy, torch.stack([gy.transpose(-1, -2), m.transpose(-1, -2)], 1))  # the map turns with g_y
+    torch.manual_seed(1)
+    net = GradientDenoiser(4, in_channels=2).eval()
+    with torch.no_grad():
+        zx, zy = denoise_gradients(net, [gx, gy], conditions=[m])
+        torch.testing.assert_close(zy, net(iy)[:, 0].transpose(-1, -2))
+        torch.testing.assert_close(zx, net(ix)[:, 0])

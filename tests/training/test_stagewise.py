@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import camera_crops
 from napari_fcnn_deblur.core.cascade import Cascade
 from napari_fcnn_deblur.core.denoiser import RECEPTIVE_RADIUS
 from napari_fcnn_deblur.core.spectral import image_gradients
@@ -18,10 +19,7 @@ from napari_fcnn_deblur.training.stagewise import (
 
 
 def _images():
-    from skimage import data
-
-    cam = data.camera().astype(np.float32) / 255
-    return [cam[r : r + 90, c : c + 90] for r in (0, 200, 400) for c in (0, 250)]
+    return camera_crops(90)
 
 
 def test_motion_kernels_are_valid():

@@ -1,4 +1,4 @@
-"""Command line: ``fcnn-deblur {deblur,demo,train,import-matconvnet,models}``."""
+"""Command line: ``fcnn-deblur {deblur,demo,train,train-noisemap,import-matconvnet,models}``."""
 
 from __future__ import annotations
 
@@ -335,6 +335,13 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_train_noisemap(args) -> int:
+    from ..engine.devices import resolve_device
+    from ..training.noisemap import run_from_args
+
+    return run_from_args(args, resolve_device(args.device))
+
+
 def _cmd_models(args) -> int:
     from ..io.models import TRAINED_NOISE_LEVELS, load_cascade, shipped_model_path
 
@@ -439,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget of each stage-wise phase (0 = the preset's step counts)")
     t.add_argument("--init-from", default=None, help="folder of fcnn_noise0.0X.safetensors to continue training from")
     t.set_defaults(func=_cmd_train)
+
+    from ..training.noisemap import add_arguments as noisemap_arguments
+
+    tn = sub.add_parser("train-noisemap",
+                        help="train the noise-map-conditioned cascade (resumable: re-run the same command)")
+    noisemap_arguments(tn)
+    tn.set_defaults(func=_cmd_train_noisemap)
 
     ls = sub.add_parser("models", help="list the installed cascades")
     ls.set_defaults(func=_cmd_models)

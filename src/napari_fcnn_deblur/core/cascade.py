@@ -84,6 +84,9 @@ class Cascade(nn.Module):
         Free-form provenance (str → str), saved with the weights.
     width : int
         Hidden channels of every stage's network (64 = Table 1; narrow ones for tests).
+    in_channels : int
+        Input channels of every stage's network (1; more for conditioned networks, see
+        :mod:`.conditioned`).
     """
 
     def __init__(
@@ -93,13 +96,14 @@ class Cascade(nn.Module):
         noise_level: float | None = None,
         metadata: dict[str, str] | None = None,
         width: int = 64,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         if gammas is None:
             gammas = [100.0 * 0.1 ** (i / max(n_stages, 1)) for i in range(n_stages + 1)]
         if len(gammas) != n_stages + 1:
             raise ValueError(f"need {n_stages + 1} gammas for {n_stages} stages, got {len(gammas)}")
-        self.denoisers = nn.ModuleList([GradientDenoiser(width) for _ in range(n_stages)])
+        self.denoisers = nn.ModuleList([GradientDenoiser(width, in_channels) for _ in range(n_stages)])
         # log-parametrised so γ stays positive when trained
         self.log_gammas = nn.Parameter(torch.log(torch.tensor(list(gammas), dtype=torch.float32)))
         self.noise_level = noise_level
@@ -141,6 +145,7 @@ class Cascade(nn.Module):
         problem: DeconvProblem | None = None,
         denoise: Denoise | None = None,
         keep_gradients: bool = True,
+        gammas: torch.Tensor | None = None,
     ) -> Iterator[StageTensors]:
         """Yield the initial deconvolution, then the result of each stage.
 
@@ -160,13 +165,17 @@ class Cascade(nn.Module):
         keep_gradients : bool
             Keep the denoised gradients in the yielded :class:`StageTensors`
             (False frees each as soon as its deconvolution has used it).
+        gammas : tensor, optional
+            γ of this run instead of the cascade's own: ``(n_stages + 1,)``, or
+            ``(n_stages + 1, N)`` for one schedule per image (e.g. γ of each plane's noise level).
         """
         n = self.check_iterations(iterations)
         if problem is None:
             problem = prepare_problem(y, kernel)
         if denoise is None:
             denoise = WholeGrid(channels_last, autocast_dtype)
-        gammas = self.gammas
+        if gammas is None:
+            gammas = self.gammas
         x = deconvolve(problem, gammas[0])
         yield StageTensors(0, x, None, problem)
         for s in range(n):

@@ -40,14 +40,17 @@ class GradientDenoiser(nn.Module):
     ----------
     width : int
         Channels of the hidden layers (64 in the paper; narrow networks make fast tests).
+    in_channels : int
+        Input channels: 1 (the gradient) for the paper's network; more for a network conditioned on
+        per-pixel maps stacked after the gradient (:func:`network_input`).
 
-    ``forward`` takes gradients ``(N, 1, H, W)`` and returns denoised gradients of the same shape.
+    ``forward`` takes ``(N, in_channels, H, W)`` and returns denoised gradients ``(N, 1, H, W)``.
     """
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, in_channels: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        cin = 1
+        cin = in_channels
         for i, (k, _) in enumerate(ARCHITECTURE):
             cout = 1 if i == len(ARCHITECTURE) - 1 else width
             layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, bias=True))
@@ -59,6 +62,29 @@ class GradientDenoiser(nn.Module):
     @property
     def width(self) -> int:
         return self.convs[0].out_channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.convs[0].in_channels
+
+    @classmethod
+    def from_plain(cls, plain: "GradientDenoiser", in_channels: int = 2) -> "GradientDenoiser":
+        """A copy of ``plain`` taking ``in_channels`` inputs; the added channels' first-layer weights are zero.
+
+        The result computes exactly what ``plain`` computes from the gradient, whatever the other
+        channels hold (training then teaches it to use them).
+        """
+        first = plain.convs[0]
+        out = cls(plain.width, in_channels).to(device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            for i, (dst, src) in enumerate(zip(out.convs, plain.convs)):
+                if i == 0:
+                    dst.weight.zero_()
+                    dst.weight[:, : src.in_channels] = src.weight
+                else:
+                    dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+        return out
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         return self.net(g)
@@ -138,22 +164,40 @@ def plane_views(gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [g if i == 0 else g.transpose(-1, -(i + 1)) for i, g in enumerate(gradients)]
 
 
+def network_input(gradient: torch.Tensor, conditions: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The network's input ``(N, 1 + len(conditions), H, W)``: a gradient ``(N, H, W)``, then per-pixel maps."""
+    if not conditions:
+        return gradient[:, None]
+    return torch.stack([gradient, *conditions], dim=1)
+
+
+def network_inputs(gradients: Sequence[torch.Tensor], conditions: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """The network's input for each gradient: its :func:`plane_views` view, then the ``conditions``
+    maps (on the gradients' grid) seen the same way (transposed with a vertical gradient)."""
+    views = plane_views(gradients)
+    maps = [plane_views([c] * len(views)) for c in conditions]
+    return [network_input(v, [m[i] for m in maps]) for i, v in enumerate(views)]
+
+
 def denoise_gradients(net: nn.Module, gradients: Sequence[torch.Tensor], channels_last: bool = True,
-                      autocast_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+                      autocast_dtype: torch.dtype | None = None,
+                      conditions: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
     """Denoise the gradients ``[g_x, g_y]`` of a batch of planes ``(N, H, W)`` with one network.
 
     The vertical gradient is transposed before and after the network so the
     network only ever sees horizontal-gradient statistics (shared weights).
-    Square planes run both directions in one batch.
+    Square planes run both directions in one batch.  ``conditions``: per-pixel
+    maps on the gradients' grid (e.g. a noise map) given to a conditioned network
+    as extra input channels, each seen as the gradient is (transposed with it).
     """
-    views = plane_views(gradients)
+    inputs = network_inputs(gradients, conditions)
 
     def run(t: torch.Tensor) -> torch.Tensor:
-        return apply_network(net, t[:, None], channels_last, autocast_dtype)[:, 0].contiguous()
+        return apply_network(net, t, channels_last, autocast_dtype)[:, 0].contiguous()
 
-    if all(v.shape == views[0].shape for v in views):
-        both = run(torch.cat(views, dim=0))
-        outs = list(both.split(views[0].shape[0], dim=0))
+    if all(t.shape == inputs[0].shape for t in inputs):
+        both = run(torch.cat(inputs, dim=0))
+        outs = list(both.split(inputs[0].shape[0], dim=0))
     else:
-        outs = [run(v) for v in views]
+        outs = [run(t) for t in inputs]
     return plane_views(outs)

@@ -110,6 +110,39 @@ def widefield_psf(na: float, wavelength: float, pixel_size: float, size: int | N
     return _normalise(h.reshape(size, s, size, s).mean(axis=(1, 3)))
 
 
+def _radius_grid(box: int, oversample: int = 4) -> np.ndarray:
+    """Distance (px) of oversampled sub-pixel positions from the box's centre pixel: (box, box, s²)."""
+    c = box // 2
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    coords = (np.arange(box)[:, None] + sub[None, :]).reshape(-1) - c
+    r = np.hypot(coords[:, None], coords[None, :])
+    return r.reshape(box, oversample, box, oversample).transpose(0, 2, 1, 3).reshape(box, box, -1)
+
+
+def random_psf(rng: np.random.Generator, box: int = 31) -> np.ndarray:
+    """A random smooth microscopy-like PSF in a ``box × box`` frame, centred, sum 1 (training data).
+
+    One of: Gaussian (σ 0.7–4 px), Airy-like jinc² (first zero at 1.5–5 px), defocus disc (radius
+    1–6 px, smoothed by a Gaussian of σ 0.3–0.7 px); each averaged over 4×4 sub-pixels.
+    """
+    r = _radius_grid(box)
+    kind = rng.integers(3)
+    if kind == 0:
+        s = rng.uniform(0.7, 4.0)
+        k = np.exp(-0.5 * (r / s) ** 2).mean(-1)
+    elif kind == 1:
+        r0 = rng.uniform(1.5, 5.0)
+        v = 3.8317059702 * r / r0  # first zero of J1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jinc = np.where(v > 1e-6, 2 * special.j1(v) / v, 1.0)
+        k = (jinc**2).mean(-1)
+    else:
+        rad = rng.uniform(1.0, 6.0)
+        k = (r <= rad).mean(-1)
+        k = ndimage.gaussian_filter(k, rng.uniform(0.3, 0.7), mode="constant")
+    return _normalise(k)
+
+
 def center_psf(psf: np.ndarray) -> np.ndarray:
     """Shift a 2D or 3D PSF so its centroid falls on the middle pixel (integer shift, zero-padded, odd size).
 

@@ -5,6 +5,13 @@ File format (``.safetensors``): tensors ``stage{s}.conv{i}.weight`` /
 (n + 1 values, initial deconvolution first); metadata (str → str) holds
 ``format`` (``"napari-fcnn-deblur-cascade/1"``), ``n_stages``, ``noise_level``
 and free-form provenance.  Loading never executes code from the file.
+
+Noise-map cascades (:class:`~napari_fcnn_deblur.core.conditioned.NoiseMapCascade`) have their own
+format, ``"napari-fcnn-deblur-noisemap/1"``: the same ``stage{s}.conv{i}`` tensors (2 input
+channels) and ``gamma_coeffs`` (n + 1, 3) instead of ``gammas``; metadata ``format``, ``kind``
+(``"noisemap"``), ``n_stages``, ``width``, ``noise_map_scale``, ``sigma_ref``,
+``sigma_gamma_floor`` and free-form provenance.  :func:`load_cascade` and :func:`save_cascade`
+handle both.
 """
 
 from __future__ import annotations
@@ -19,8 +26,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..core.cascade import Cascade
+from ..core.conditioned import NOISE_MAP_SCALE, SIGMA_GAMMA_FLOOR, SIGMA_REF, NoiseMapCascade
 
 FORMAT = "napari-fcnn-deblur-cascade/1"
+NOISEMAP_FORMAT = "napari-fcnn-deblur-noisemap/1"
+
+#: Metadata entries a noise-map file's format owns (the rest is free-form provenance).
+_NOISEMAP_KEYS = ("format", "kind", "n_stages", "width", "noise_map_scale", "sigma_ref", "sigma_gamma_floor")
 
 #: Noise levels (s.d. on [0, 1]) for which cascades are shipped/trained.
 TRAINED_NOISE_LEVELS: tuple[float, ...] = (0.01, 0.03, 0.05)
@@ -31,7 +43,10 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def state_tensors(cascade: Cascade) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {"gammas": cascade.gammas.detach().cpu().float().contiguous()}
+    if isinstance(cascade, NoiseMapCascade):
+        tensors = {"gamma_coeffs": cascade.gamma_coeffs.detach().cpu().float().contiguous()}
+    else:
+        tensors = {"gammas": cascade.gammas.detach().cpu().float().contiguous()}
     for s, den in enumerate(cascade.denoisers, start=1):
         for i, conv in enumerate(den.convs, start=1):
             tensors[f"stage{s}.conv{i}.weight"] = conv.weight.detach().cpu().float().contiguous()
@@ -40,10 +55,15 @@ def state_tensors(cascade: Cascade) -> dict[str, torch.Tensor]:
 
 
 def save_cascade(cascade: Cascade, path: str | os.PathLike) -> Path:
-    """Write ``cascade`` to ``path`` (.safetensors), atomically."""
+    """Write ``cascade`` to ``path`` (.safetensors, the format of its kind), atomically."""
     path = Path(path)
     meta = {str(k): str(v) for k, v in cascade.metadata.items()}
-    meta.update(format=FORMAT, n_stages=str(cascade.n_stages), noise_level=str(cascade.noise_level))
+    if isinstance(cascade, NoiseMapCascade):
+        meta.update(format=NOISEMAP_FORMAT, kind="noisemap", n_stages=str(cascade.n_stages), width=str(cascade.width),
+                    noise_map_scale=str(NOISE_MAP_SCALE), sigma_ref=str(SIGMA_REF),
+                    sigma_gamma_floor=str(SIGMA_GAMMA_FLOOR))
+    else:
+        meta.update(format=FORMAT, n_stages=str(cascade.n_stages), noise_level=str(cascade.noise_level))
     tmp = path.with_name(path.name + ".tmp")
     save_file(state_tensors(cascade), str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -51,12 +71,21 @@ def save_cascade(cascade: Cascade, path: str | os.PathLike) -> Path:
 
 
 def cascade_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Cascade:
-    n = int(metadata.get("n_stages", len(tensors["gammas"]) - 1))
-    nl = metadata.get("noise_level")
-    noise = float(nl) if nl not in (None, "None", "") else None
-    extra = {k: v for k, v in metadata.items() if k not in ("format", "n_stages", "noise_level")}
-    width = int(tensors["stage1.conv1.weight"].shape[0]) if n else 64
-    cascade = Cascade(n, gammas=tensors["gammas"].tolist(), noise_level=noise, metadata=extra, width=width)
+    if metadata.get("format") == NOISEMAP_FORMAT:
+        scale = float(metadata.get("noise_map_scale", NOISE_MAP_SCALE))
+        if scale != NOISE_MAP_SCALE:
+            raise ValueError(f"noise-map cascade trained with noise_map_scale {scale}, this code uses {NOISE_MAP_SCALE}")
+        extra = {k: v for k, v in metadata.items() if k not in _NOISEMAP_KEYS}
+        cascade = NoiseMapCascade(int(metadata["n_stages"]), width=int(metadata["width"]), metadata=extra)
+        with torch.no_grad():
+            cascade.gamma_coeffs.copy_(tensors["gamma_coeffs"])
+    else:
+        n = int(metadata.get("n_stages", len(tensors["gammas"]) - 1))
+        nl = metadata.get("noise_level")
+        noise = float(nl) if nl not in (None, "None", "") else None
+        extra = {k: v for k, v in metadata.items() if k not in ("format", "n_stages", "noise_level")}
+        width = int(tensors["stage1.conv1.weight"].shape[0]) if n else 64
+        cascade = Cascade(n, gammas=tensors["gammas"].tolist(), noise_level=noise, metadata=extra, width=width)
     for s, den in enumerate(cascade.denoisers, start=1):
         for i, conv in enumerate(den.convs, start=1):
             w, b = tensors[f"stage{s}.conv{i}.weight"], tensors[f"stage{s}.conv{i}.bias"]
@@ -85,13 +114,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             metadata = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for non-safetensors files
         raise ValueError(f"{path} is not a napari-fcnn-deblur cascade ({err})") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, NOISEMAP_FORMAT):
         raise ValueError(f"{path} is not a napari-fcnn-deblur cascade (format {metadata.get('format')!r})")
     return metadata
 
 
 def load_cascade(path: str | os.PathLike) -> Cascade:
-    """Read a cascade written by :func:`save_cascade` (a fresh, uncached copy)."""
+    """Read a cascade written by :func:`save_cascade` (a fresh, uncached copy).
+
+    A noise-map file gives a :class:`~napari_fcnn_deblur.core.conditioned.NoiseMapCascade`.
+    """
     metadata = read_metadata(path)
     return cascade_from_tensors(load_file(str(Path(path))), metadata)
 
@@ -127,7 +159,7 @@ def get_model(model: "str | os.PathLike | Cascade | None", noise_level: float) -
     used as it is.
     """
     if isinstance(model, Cascade):
-        return model
+        return _plain(model)
     if model is None:
         level = nearest_trained_level(noise_level)
         path = shipped_model_path(level)
@@ -141,4 +173,13 @@ def get_model(model: "str | os.PathLike | Cascade | None", noise_level: float) -
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-    return _cached(str(path.resolve()), path.stat().st_mtime)
+    return _plain(_cached(str(path.resolve()), path.stat().st_mtime))
+
+
+def _plain(cascade: Cascade) -> Cascade:
+    if isinstance(cascade, NoiseMapCascade):
+        raise ValueError(
+            "this is a noise-map cascade (in training): it needs a per-pixel noise map, which deblur() does not "
+            "pass yet; run it with NoiseMapCascade.run(y, kernel, noise_map)"
+        )
+    return cascade

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.cascade import Cascade
-from ..core.denoiser import RECEPTIVE_RADIUS, match_memory_format
+from ..core.denoiser import RECEPTIVE_RADIUS, match_memory_format, network_inputs, plane_views
 from ..core.spectral import image_gradients
 from ..data.motion_kernels import embed_centered, random_motion_kernel
 from ..io.models import load_cascade, save_cascade
@@ -189,8 +189,24 @@ def valid_blur(sharp: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return F.conv2d(sharp[None], w, groups=n)[0]
 
 
+def random_crop(rng: np.random.Generator, images: list[np.ndarray], size: int) -> np.ndarray:
+    """A random ``size × size`` crop of a random image, rotated by a random multiple of 90° and maybe flipped."""
+    im = images[rng.integers(len(images))]
+    r0 = rng.integers(im.shape[0] - size + 1)
+    c0 = rng.integers(im.shape[1] - size + 1)
+    crop = im[r0 : r0 + size, c0 : c0 + size]
+    crop = np.rot90(crop, rng.integers(4))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop)
+
+
 class SampleSource:
-    """Deterministic synthetic training samples: sample i of a phase depends only on (seed, phase, i)."""
+    """Deterministic synthetic training samples: sample i of a phase depends only on (seed, phase, i).
+
+    ``rng(i)`` is sample i's generator; subclasses draw other kinds of samples from it
+    (they implement :meth:`raw` and :meth:`finish`, which :func:`batches` calls).
+    """
 
     def __init__(self, images: list[np.ndarray], patch: int, noise: float, jitter: float, seed: int, phase: str):
         self.images = [im for im in images if min(im.shape) >= patch + KERNEL_BOX - 1]
@@ -199,21 +215,17 @@ class SampleSource:
         self.patch, self.noise, self.jitter = patch, noise, jitter
         self.key = (seed, int.from_bytes(phase.encode()[:8].ljust(8, b"\0"), "little"))
 
+    def rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([*self.key, i])
+
     def raw(self, start: int, size: int, with_noise: bool = True):
         """Crops (N, P+30, P+30), kernels (N, 31, 31), noise s.d. (N,) and, if asked, the noise (N, P, P)."""
         ks, xs, sigmas, noise = [], [], [], []
         big = self.patch + KERNEL_BOX - 1
         for i in range(start, start + size):
-            rng = np.random.default_rng([*self.key, i])
-            im = self.images[rng.integers(len(self.images))]
-            r0 = rng.integers(im.shape[0] - big + 1)
-            c0 = rng.integers(im.shape[1] - big + 1)
-            crop = im[r0 : r0 + big, c0 : c0 + big]
-            crop = np.rot90(crop, rng.integers(4))
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
+            rng = self.rng(i)
+            xs.append(random_crop(rng, self.images, big))
             ks.append(embed_centered(random_motion_kernel(rng), KERNEL_BOX))
-            xs.append(np.ascontiguousarray(crop))
             sigmas.append(self.noise * (1 + self.jitter * rng.uniform(-1, 1)))
             if with_noise:
                 noise.append(rng.normal(0.0, sigmas[-1], size=(self.patch, self.patch)).astype(np.float32))
@@ -249,23 +261,33 @@ class _BatchStream(torch.utils.data.IterableDataset):
         self.source, self.start, self.bs, self.count, self.full = source, start, batch, count, full
 
     def __iter__(self):
-        torch.set_num_threads(1)
         info = torch.utils.data.get_worker_info()
+        if info is not None:
+            torch.set_num_threads(1)
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for j in range(wid, self.count, nw):  # the loader interleaves workers in order: step j gets batch j
             raw = self.source.raw(self.start + j * self.bs, self.bs, with_noise=self.full)
             yield self.source.finish(raw) if self.full else raw
 
 
-def batches(source: SampleSource, first_step: int, n_steps: int, batch: int, device: torch.device):
-    """Yield ``n_steps`` batches from step ``first_step`` on, made in background worker processes."""
+def batches(source: SampleSource, first_step: int, n_steps: int, batch: int, device: torch.device,
+            workers: int | None = None):
+    """Yield ``n_steps`` batches from step ``first_step`` on, made in background worker processes.
+
+    ``workers``: number of worker processes (default 1 on the CPU, up to 8 for a GPU; capped at the
+    CPU count - 1; 0 = in this process).  The batches are the same whatever the count.
+    """
     if n_steps <= 0:
         return
     on_cpu = device.type == "cpu"
-    workers = 1 if on_cpu else max(1, min(8, (os.cpu_count() or 2) - 2))
+    if workers is None:
+        workers = 1 if on_cpu else max(1, min(8, (os.cpu_count() or 2) - 2))
     ds = _BatchStream(source, first_step * batch, batch, n_steps, full=on_cpu)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4,
-                                         pin_memory=not on_cpu)
+    if workers <= 0:
+        loader = iter(ds)
+    else:
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=min(workers, max(1, (os.cpu_count() or 2) - 1)),
+                                             prefetch_factor=4, pin_memory=not on_cpu)
     for item in loader:
         yield item if on_cpu else source.finish(item, device)
 
@@ -286,19 +308,51 @@ def sharp_target(x_big: torch.Tensor, patch: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- phases
 
 
+def cosine_lr(step: int, total: int, hi: float, lo: float) -> float:
+    """Cosine decay from ``hi`` (step 0) to ``lo`` (step ``total`` and after)."""
+    t = min(step / max(total, 1), 1.0)
+    return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * t))
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Cosine decay from lr to lr_final."""
-    t = min(step / max(total, 1), 1.0)
-    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+    return cosine_lr(step, total, cfg.lr, cfg.lr_final)
 
 
-def stage_inputs(cascade: Cascade, stage: int, y: torch.Tensor, k: torch.Tensor):
-    """Run the frozen stages < ``stage`` (1-based) and return (problem, deconvolution before ``stage``)."""
+def stage_inputs(cascade: Cascade, stage: int, y: torch.Tensor, k: torch.Tensor, **run_args):
+    """Run the frozen stages < ``stage`` (1-based) and return (problem, deconvolution before ``stage``).
+
+    ``run_args`` go to the cascade's ``run`` (e.g. a noise-map cascade's ``noise_map``).
+    """
     with torch.no_grad():
         out = None
-        for out in cascade.run(y, k, iterations=stage - 1, channels_last=False):
+        for out in cascade.run(y, k, iterations=stage - 1, channels_last=False, **run_args):
             pass
     return out.problem, out.x_padded
+
+
+def stage_training_pair(problem, x_padded: torch.Tensor, x_big: torch.Tensor, patch: int,
+                        conditions: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network input ``(2N, C, P+2r, P+2r)`` and target gradients ``(2N, P, P)`` of one stage (eq. 7).
+
+    Input: the gradients of the deconvolution ``x_padded`` (horizontal, then vertical transposed)
+    over the patch plus the receptive radius r, the FCNN only needs that to predict the patch;
+    ``conditions`` (maps on the padded grid, e.g. the scaled noise map) as further channels.
+    """
+    g, m = problem.geometry, RECEPTIVE_RADIUS
+    sl = (slice(None), slice(g.top - m, g.top + patch + m), slice(g.left - m, g.left + patch + m))
+    inp = torch.cat(network_inputs([t[sl] for t in image_gradients(x_padded)], [c[sl] for c in conditions]), 0)
+    return inp, torch.cat(plane_views(sharp_gradient_targets(x_big, patch)), 0)
+
+
+def load_checkpoint(ckpt: Path, key: str, module: torch.nn.Module, opt, device) -> dict | None:
+    """Restore ``module`` (stored under ``key``) and ``opt`` from ``ckpt``; its other entries (None: no file)."""
+    if not ckpt.is_file():
+        return None
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    module.load_state_dict(state.pop(key))
+    opt.load_state_dict(state.pop("opt"))
+    return state
 
 
 def resume(ckpt: Path, key: str, module: torch.nn.Module, opt, device, steps: int, budgeted: bool, log,
@@ -307,11 +361,9 @@ def resume(ckpt: Path, key: str, module: torch.nn.Module, opt, device, steps: in
 
     Returns (step reached, step count): a time-budgeted run keeps the step count it settled on.
     """
-    if not ckpt.is_file():
+    state = load_checkpoint(ckpt, key, module, opt, device)
+    if state is None:
         return 0, steps
-    state = torch.load(ckpt, map_location=device, weights_only=True)
-    module.load_state_dict(state[key])
-    opt.load_state_dict(state["opt"])
     step = int(state["step"])
     if budgeted and state.get("steps") is not None:
         steps = int(state["steps"])
@@ -319,9 +371,9 @@ def resume(ckpt: Path, key: str, module: torch.nn.Module, opt, device, steps: in
     return step, steps
 
 
-def save_checkpoint(ckpt: Path, key: str, module: torch.nn.Module, opt, step: int, steps: int) -> None:
-    """Write a checkpoint atomically (a ``.tmp`` file renamed over ``ckpt``)."""
-    torch.save({key: module.state_dict(), "opt": opt.state_dict(), "step": step, "steps": steps},
+def save_checkpoint(ckpt: Path, key: str, module: torch.nn.Module, opt, step: int, steps: int, **extra) -> None:
+    """Write a checkpoint atomically (a ``.tmp`` file renamed over ``ckpt``); ``extra``: more entries."""
+    torch.save({key: module.state_dict(), "opt": opt.state_dict(), "step": step, "steps": steps, **extra},
                ckpt.with_suffix(".tmp"))
     os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
@@ -352,13 +404,7 @@ def train_stage(cascade: Cascade, stage: int, source: SampleSource, steps: int, 
             log(f"stage {stage}: {rate:.1f} steps/s, {cfg.stage_seconds:g} s budget → {steps} steps")
         y, k, x = y.to(device), k.to(device), x.to(device)
         problem, xp = stage_inputs(cascade, stage, y, k)
-        g = problem.geometry
-        gx, gy = image_gradients(xp)
-        # the FCNN only needs the image region plus its receptive field to predict the image region
-        sl = (slice(None), slice(g.top - m, g.top + cfg.patch + m), slice(g.left - m, g.left + cfg.patch + m))
-        inp = torch.cat([gx[sl], gy[sl].transpose(-1, -2)], 0)[:, None]
-        tgx, tgy = sharp_gradient_targets(x, cfg.patch)
-        tgt = torch.cat([tgx, tgy.transpose(-1, -2)], 0)
+        inp, tgt = stage_training_pair(problem, xp, x, cfg.patch)
         for pg in opt.param_groups:
             pg["lr"] = _lr_at(step, steps, cfg)
         net.train()

@@ -1,0 +1,177 @@
+"""A cascade conditioned on a per-pixel noise map: one model for every noise level and type.
+
+The shipped cascades are trained for one Gaussian noise level each.  Here every stage's FCNN sees,
+besides the gradient, a second input channel :data:`NOISE_MAP_SCALE` × the noise s.d. of each pixel
+(on the [0, 1] intensity scale), and the data weight γ of every deconvolution (eq. 6) is a smooth
+function of the plane's effective noise level::
+
+    log γ_i(σ) = c_i0 + c_i1 t + c_i2 t²,   t = ln(max(σ_eff, 0.01) / 0.03),   σ_eff = sqrt(mean(σ_map²))
+
+A per-pixel map covers signal-dependent (Poisson–Gaussian, photon-limited) noise as well as plain
+Gaussian noise (a constant map).
+
+:class:`NoiseMapCascade` is a :class:`~.cascade.Cascade`: it runs through the one stage loop,
+:meth:`Cascade.run <.cascade.Cascade.run>`, with a γ schedule per plane and the
+:class:`NoiseMapGrid` strategy (the padded noise map as the networks' second channel).
+Initialisation (:meth:`NoiseMapCascade.from_plain_cascades`): γ(σ) through the shipped 1/3/5 %
+cascades' schedules, the FCNNs of one of them with the map channel's weights at zero
+(:meth:`~.denoiser.GradientDenoiser.from_plain`), so the model starts as that cascade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cascade import Cascade, StageTensors
+from .denoiser import GradientDenoiser, denoise_gradients
+from .solver import DeconvProblem, prepare_problem
+from .spectral import image_gradients
+
+#: The network's second input channel is NOISE_MAP_SCALE × the noise s.d. map (so 1 % → 0.1).
+NOISE_MAP_SCALE: float = 10.0
+
+#: Reference noise level of the γ(σ) parametrisation: t = ln(σ_eff / SIGMA_REF).
+SIGMA_REF: float = 0.03
+
+#: γ(σ) below this σ_eff is held at γ(SIGMA_GAMMA_FLOOR), the lowest shipped level.  The quadratic
+#: through the shipped 1/3/5 % schedules peaks near 1–2 % and extrapolates *down* below 1 % (cleaner
+#: data would be trusted less); holding the 1 % schedule there is what the nearest shipped cascade does.
+SIGMA_GAMMA_FLOOR: float = 0.01
+
+#: The per-level cascades the γ(σ) coefficients are fitted to.
+SHIPPED_LEVELS: tuple[float, ...] = (0.01, 0.03, 0.05)
+
+
+def as_noise_map(noise_map, y: torch.Tensor) -> torch.Tensor:
+    """``noise_map`` as an ``(N, H, W)`` tensor like ``y``: a float or an ``(N,)`` tensor is a constant s.d."""
+    m = torch.as_tensor(noise_map, dtype=y.dtype, device=y.device)
+    if m.ndim == 0:
+        m = m.expand(y.shape)
+    elif m.ndim == 1:
+        m = m[:, None, None].expand(y.shape)
+    if m.shape != y.shape:
+        raise ValueError(f"noise map of shape {tuple(m.shape)} does not match the planes' {tuple(y.shape)}")
+    return m
+
+
+def effective_sigma(sd_map: torch.Tensor) -> torch.Tensor:
+    """σ_eff = sqrt(mean(σ_map²)) of each plane of ``(N, H, W)`` → (N,)."""
+    return sd_map.square().mean(dim=(-2, -1)).sqrt()
+
+
+def fit_gamma_coeffs(gamma_schedules: Sequence[Sequence[float]], levels: Sequence[float] = SHIPPED_LEVELS) -> torch.Tensor:
+    """Coefficients (n + 1, 3) of the quadratic in t = ln(σ / SIGMA_REF) through log γ of each schedule.
+
+    ``gamma_schedules``: one γ schedule (n + 1 values) per level in ``levels`` (3 levels: exact fit).
+    """
+    t = torch.log(torch.tensor(levels, dtype=torch.float64) / SIGMA_REF)
+    vand = torch.stack([torch.ones_like(t), t, t**2], dim=1)
+    logg = torch.log(torch.tensor(gamma_schedules, dtype=torch.float64))  # (levels, n + 1)
+    coeffs = torch.linalg.lstsq(vand, logg, driver="gelsd").solution  # (3, n + 1)
+    return coeffs.T.to(torch.float32).contiguous()
+
+
+@dataclass(frozen=True)
+class NoiseMapGrid:
+    """Denoise strategy of :meth:`Cascade.run <.cascade.Cascade.run>` for conditioned networks.
+
+    As :class:`~.cascade.WholeGrid`, with ``map_padded`` (the noise s.d. map on the padded grid,
+    replicate-padded like the image: ``problem.geometry.pad``) × :data:`NOISE_MAP_SCALE` as every network's second channel.
+    """
+
+    map_padded: torch.Tensor
+    channels_last: bool = True
+    autocast_dtype: torch.dtype | None = None
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
+        return denoise_gradients(net, image_gradients(x, ndim), self.channels_last, self.autocast_dtype,
+                                 conditions=[NOISE_MAP_SCALE * self.map_padded])
+
+
+class NoiseMapCascade(Cascade):
+    """A cascade whose FCNNs see the noise map and whose γ follow the noise level.
+
+    Parameters
+    ----------
+    n_stages : number of FCNN stages.
+    width : hidden channels of the FCNNs (64 in the paper).
+    metadata : free-form provenance (str → str), saved with the weights.
+
+    Parameters (state-dict keys): ``denoisers.{s}.net.{j}.weight/bias`` (2 input channels) and
+    ``gamma_coeffs`` (n + 1, 3), the coefficients of log γ_i(σ).
+    """
+
+    def __init__(self, n_stages: int = 3, width: int = 64, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(n_stages, metadata=metadata, width=width, in_channels=2)
+        default = self.log_gammas.detach()  # the plain default schedule, constant in σ
+        del self.log_gammas  # γ is a function of σ here
+        init = torch.zeros(n_stages + 1, 3)
+        init[:, 0] = default
+        self.gamma_coeffs = nn.Parameter(init)
+
+    @classmethod
+    def from_plain_cascades(cls, cascades: Mapping[float, Cascade], init_level: float = SIGMA_REF) -> "NoiseMapCascade":
+        """γ(σ) fitted to plain cascades ``{σ: cascade}``; the FCNNs of the ``init_level`` one (map weights zero)."""
+        base = cascades[init_level]
+        n = base.n_stages
+        levels = sorted(cascades)
+        out = cls(n, width=base.width,
+                  metadata={"initialised_from": f"shipped cascades {', '.join(f'{lv:g}' for lv in levels)}"})
+        with torch.no_grad():
+            out.gamma_coeffs.copy_(fit_gamma_coeffs([cascades[lv].gammas.tolist() for lv in levels], levels))
+        for s in range(n):
+            out.denoisers[s].load_state_dict(GradientDenoiser.from_plain(base.denoisers[s]).state_dict())
+        return out.eval()
+
+    def gammas_at(self, sigma_eff: torch.Tensor | float) -> torch.Tensor:
+        """γ of every deconvolution for effective noise levels ``sigma_eff`` (N,) → (n_stages + 1, N)."""
+        c = self.gamma_coeffs
+        s = torch.as_tensor(sigma_eff, dtype=c.dtype, device=c.device).reshape(-1)
+        t = torch.log(s.clamp_min(SIGMA_GAMMA_FLOOR) / SIGMA_REF)
+        return torch.exp(c[:, :1] + c[:, 1:2] * t + c[:, 2:3] * t.square())
+
+    @property
+    def gammas(self) -> torch.Tensor:
+        """γ schedule at the reference level :data:`SIGMA_REF` (n + 1,)."""
+        return self.gamma_coeffs[:, 0].exp()
+
+    def run(
+        self,
+        y: torch.Tensor | None = None,
+        kernel: torch.Tensor | None = None,
+        noise_map: Any = None,
+        iterations: int | None = None,
+        channels_last: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        problem: DeconvProblem | None = None,
+        keep_gradients: bool = True,
+    ) -> Iterator[StageTensors]:
+        """Yield the initial deconvolution, then the result of each stage (:meth:`Cascade.run`).
+
+        ``noise_map``: (N, H, W) noise s.d. of every pixel of ``y`` on the [0, 1] scale, or a float
+        or an (N,) tensor (a constant s.d. per plane).  ``y`` is needed (the map's shape); ``problem``
+        may share precomputed spectra.
+        """
+        if noise_map is None:
+            raise ValueError("a noise-map cascade needs noise_map= (the noise s.d. of every pixel)")
+        if y is None:
+            raise ValueError("a noise-map cascade needs the planes y")
+        sd = as_noise_map(noise_map, y)
+        if problem is None:
+            problem = prepare_problem(y, kernel)
+        strategy = NoiseMapGrid(problem.geometry.pad(sd), channels_last, autocast_dtype)
+        yield from super().run(iterations=iterations, problem=problem, denoise=strategy,
+                               keep_gradients=keep_gradients, gammas=self.gammas_at(effective_sigma(sd)))
+
+    def forward(self, y: torch.Tensor, kernel: torch.Tensor, noise_map: Any = None,
+                iterations: int | None = None) -> torch.Tensor:
+        """Final latent image (N, H, W) after ``iterations`` stages."""
+        out = None
+        for out in self.run(y, kernel, noise_map, iterations):
+            pass
+        return out.image

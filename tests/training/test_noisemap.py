@@ -1,0 +1,112 @@
+"""Training of the noise-map cascade (training/noisemap.py): samples, phases, checkpoints, resume. Small and fast."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import camera_crops
+from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+from napari_fcnn_deblur.data.psf import random_psf
+from napari_fcnn_deblur.io.models import load_cascade
+from napari_fcnn_deblur.training.noisemap import (
+    Interrupted,
+    NMConfig,
+    NoiseMapSource,
+    StopControl,
+    initial_cascade,
+    stage_batch,
+    train_noisemap,
+    train_stage,
+)
+
+MODELS = Path(__file__).resolve().parents[2] / "src" / "napari_fcnn_deblur" / "models"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread is faster, and much faster on cores shared with other jobs."""
+    torch.set_num_threads(1)  # conftest restores the count
+
+
+def _images():
+    return camera_crops(60)
+
+
+def test_samples_are_deterministic_and_psfs_normalised():
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        k = random_psf(rng)
+        assert k.shape == (31, 31) and k.min() >= 0 and np.isclose(k.sum(), 1.0)
+        assert np.unravel_index(k.argmax(), k.shape) == (15, 15)
+    src = NoiseMapSource(_images(), NMConfig(patch=16), "t")
+    y1, sd1, k1, x1 = src.batch(4, 3)
+    y2, sd2, k2, x2 = src.batch(5, 2)
+    assert y1.shape == sd1.shape == (3, 16, 16) and k1.shape == (3, 31, 31) and x1.shape == (3, 46, 46)
+    assert torch.equal(y1[1:], y2) and torch.equal(sd1[1:], sd2) and torch.equal(k1[1:], k2)
+    assert (sd1 > 0).all()
+
+
+def test_stage_training_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path):
+    cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, batch=4, stage_steps=30, lr=3e-3)
+    casc = initial_cascade(cfg, MODELS)
+    src = NoiseMapSource(_images(), cfg, "NMS1")
+    y, sd, k, x = src.batch(10_000, 8)  # held-out samples
+    net, m = casc.denoisers[0], 7
+
+    def loss():
+        with torch.no_grad():
+            inp, tgt = stage_batch(casc, 1, y, sd, k, x, cfg.patch)
+            assert inp.shape == (16, 2, 30, 30) and tgt.shape == (16, 16, 16)
+            return (net(inp)[:, 0, m:-m, m:-m] - tgt).abs().mean().item()
+
+    before, logs = loss(), []
+    ckpt = tmp_path / "stage1.pt"
+    with pytest.raises(Interrupted):
+        train_stage(casc, 1, src, cfg, ckpt, torch.device("cpu"), logs.append, StopControl(max_steps=20))
+    state = torch.load(ckpt, weights_only=True)
+    assert list(state) == ["net", "opt", "step", "steps", "fixed", "elapsed"] and state["step"] == 20
+    train_stage(casc, 1, src, cfg, ckpt, torch.device("cpu"), logs.append, StopControl())
+    assert any("stage 1: resumed at step 20/30" in line for line in logs)
+    assert torch.load(ckpt, weights_only=True)["step"] == 30
+    assert loss() < 0.9 * before
+
+
+@pytest.mark.skipif(not (DATA / "train" / "train400").is_dir(), reason="shared training data not present")
+def test_tiny_run_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, val_size=32, stage_steps=2, finetune_steps=1,
+                  val_conditions=(("gauss", 0.03), ("pg", 60.0, 0.005)))
+    args = (DATA / "train" / "train400", DATA / "val" / "set12", DATA / "kernels" / "levin")
+    dev, logs = torch.device("cpu"), []
+    with pytest.raises(Interrupted):
+        train_noisemap(*args, tmp_path / "a", cfg, dev, log=logs.append, stop=StopControl(max_steps=3), models_dir=MODELS)
+    assert torch.load(tmp_path / "a" / "stage2.pt", weights_only=True)["step"] == 1
+    record = train_noisemap(*args, tmp_path / "a", cfg, dev, log=logs.append, models_dir=MODELS)
+    assert any("stage 2: resumed at step 1/2" in m for m in logs)
+    assert set(record) == {"init", "stage1", "stage2", "stage3", "finetune"}
+    resumed = load_cascade(tmp_path / "a" / "noisemap_cascade.safetensors")
+    assert isinstance(resumed, NoiseMapCascade)
+    # an uninterrupted run gives the same weights (same data, optimiser state restored)
+    train_noisemap(*args, tmp_path / "b", cfg, dev, log=logs.append, models_dir=MODELS)
+    straight = load_cascade(tmp_path / "b" / "noisemap_cascade.safetensors")
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_cli_flags_and_tiny_shrinks_a_preset():
+    import argparse
+
+    from napari_fcnn_deblur.cli.commands import build_parser
+    from napari_fcnn_deblur.training.noisemap import config_from_args
+
+    args = build_parser().parse_args(["train-noisemap", "--data", "d", "--val", "v", "--val-kernels", "k",
+                                      "--out", "o", "--preset", "gpu", "--tiny", "--minutes-stage", "1,2,3"])
+    cfg = config_from_args(args)
+    assert cfg.patch == 24 and cfg.workers == 8 and cfg.stage_minutes == (1.0, 2.0, 3.0)
+    with pytest.raises(SystemExit):
+        config_from_args(argparse.Namespace(**{**vars(args), "minutes_stage": "1,2"}))
