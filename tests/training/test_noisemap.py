@@ -110,3 +110,23 @@ def test_cli_flags_and_tiny_shrinks_a_preset():
     assert cfg.patch == 24 and cfg.workers == 8 and cfg.stage_minutes == (1.0, 2.0, 3.0)
     with pytest.raises(SystemExit):
         config_from_args(argparse.Namespace(**{**vars(args), "minutes_stage": "1,2"}))
+
+
+@pytest.mark.skipif(not (DATA / "train" / "train400").is_dir(), reason="shared training data not present")
+def test_warm_start_from_a_committed_file_skips_the_done_phases(tmp_path):
+    cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, val_size=32, stage_steps=2, finetune_steps=1,
+                  val_conditions=(("gauss", 0.03),))
+    args = (DATA / "train" / "train400", DATA / "val" / "set12", DATA / "kernels" / "levin")
+    dev, logs = torch.device("cpu"), []
+    train_noisemap(*args, tmp_path / "a", cfg, dev, log=logs.append, models_dir=MODELS)
+    start = tmp_path / "a" / "after_stage2.safetensors"
+    logs.clear()
+    record = train_noisemap(*args, tmp_path / "b", cfg, dev, log=logs.append, models_dir=MODELS,
+                            init_from=start, start_at="stage3")
+    assert set(record) == {"init_after_stage2", "stage3", "finetune"}
+    assert not (tmp_path / "b" / "stage1.pt").exists() and (tmp_path / "b" / "stage3.pt").is_file()
+    warm = load_cascade(tmp_path / "b" / "after_init_after_stage2.safetensors")
+    for p, q in zip(warm.parameters(), load_cascade(start).parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="start_at"):
+        train_noisemap(*args, tmp_path / "c", cfg, dev, models_dir=MODELS, init_from=start, start_at="stage9")

@@ -455,12 +455,23 @@ def initial_cascade(cfg: NMConfig, models_dir: Path) -> NoiseMapCascade:
     return casc.eval()
 
 
+#: The phases of a run, in order (names of their after_<phase>.safetensors files).
+PHASES: tuple[str, ...] = ("stage1", "stage2", "stage3", "finetune")
+
+
 def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, device: torch.device, log=print,
-                   stop: StopControl | None = None, models_dir=None) -> dict:
+                   stop: StopControl | None = None, models_dir=None, init_from=None, start_at: str | None = None) -> dict:
     """Run (or resume) every phase into ``out_dir``; returns the validation record (also in val.json).
 
+    ``init_from``: a noise-map cascade file (e.g. an earlier run's ``after_stage2.safetensors``, committed
+    to the repository) to warm-start from instead of the shipped cascades; ``start_at``: the first phase
+    to train (:data:`PHASES`; earlier ones are taken as done).  This is how a run continues on another
+    machine, where the earlier run's checkpoints are gone.
     Raises :class:`Interrupted` when ``stop`` asks to stop (after saving the checkpoint).
     """
+    if start_at is not None and start_at not in PHASES:
+        raise ValueError(f"start_at must be one of {PHASES}, got {start_at!r}")
+    first = PHASES.index(start_at) if start_at else 0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     models_dir = Path(models_dir) if models_dir else Path(__file__).resolve().parents[1] / "models"
@@ -498,7 +509,14 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
             base_path.write_text(json.dumps(base, indent=1))
             lg(f"validated the shipped cascades ({time.time() - t:.0f} s)")
 
-        cascade = initial_cascade(cfg, models_dir).to(device)
+        if init_from is not None:
+            cascade = load_cascade(init_from)
+            if not isinstance(cascade, NoiseMapCascade) or cascade.n_stages != cfg.n_stages:
+                raise ValueError(f"{init_from} is not a {cfg.n_stages}-stage noise-map cascade")
+            cascade = cascade.to(device)
+            lg(f"warm start from {init_from}; phases from {PHASES[first]} on")
+        else:
+            cascade = initial_cascade(cfg, models_dir).to(device)
 
         def checkpoint_phase(phase: str):
             save_cascade(cascade, out_dir / f"after_{phase}.safetensors")
@@ -514,8 +532,10 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                 os.replace(tmp, val_path)
                 lg(f"validation after {phase} ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
 
-        checkpoint_phase("init")
+        checkpoint_phase("init" if init_from is None else f"init_{Path(init_from).stem}")
         for s in range(1, cfg.n_stages + 1):
+            if PHASES.index(f"stage{s}") < first:
+                continue
             train_stage(cascade, s, NoiseMapSource(images, cfg, f"NMS{s}"), cfg, out_dir / f"stage{s}.pt", device,
                         lg, stop)
             checkpoint_phase(f"stage{s}")
@@ -553,6 +573,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", type=int, default=None)
     p.add_argument("--tiny", action="store_true",
                    help="shrink the preset to a few steps of tiny patches (smoke test of e.g. --preset gpu on a CPU)")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: a noise-map cascade file (e.g. a committed after_stage2.safetensors)")
+    p.add_argument("--start-at", choices=PHASES, default=None, help="with --init-from: the first phase to train")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after N steps
 
 
@@ -591,7 +614,7 @@ def run_from_args(args, device: torch.device) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         train_noisemap(args.data, args.val, args.val_kernels, args.out, cfg, device,
-                       log=lambda m: print(m, flush=True), stop=stop)
+                       log=lambda m: print(m, flush=True), stop=stop, init_from=args.init_from, start_at=args.start_at)
     except Interrupted as e:
         print(f"interrupted at {e}; checkpoint saved, re-run the same command to resume", flush=True)
         return 3
