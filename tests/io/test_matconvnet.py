@@ -47,3 +47,24 @@ def test_import_command_writes_project_format(tmp_path):
     c = load_cascade(out)
     assert c.n_stages == 3
     np.testing.assert_allclose(c.gammas.detach().numpy(), [250, 39.53, 6.251, 0.9884], rtol=1e-3)
+    assert out.stat().st_mode & 0o044  # readable by group/others (umask permitting): dask workers, other users
+
+
+def test_import_refuses_an_existing_output_before_any_work_and_a_zero_stage_folder(tmp_path, monkeypatch):
+    import shutil
+
+    from napari_fcnn_deblur.cli import commands, main
+    from napari_fcnn_deblur.io import matconvnet
+
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"keep me")
+    called = []
+    monkeypatch.setattr(matconvnet, "load_matconvnet_cascade", lambda *a: called.append(a))
+    assert main(["import-matconvnet", str(REFERENCE / "models"), "--noise", "0.01", "-o", str(out)]) == 2
+    assert not called and out.read_bytes() == b"keep me"
+    monkeypatch.undo()
+    empty = tmp_path / "noise0.01"
+    empty.mkdir()
+    shutil.copy(REFERENCE / "models" / "noise0.01" / "lambda.mat", empty / "lambda.mat")
+    with pytest.raises(ValueError, match="at least one stage"):
+        matconvnet.load_matconvnet_cascade(empty)

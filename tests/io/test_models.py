@@ -20,6 +20,11 @@ def test_save_load_round_trip(tmp_path):
     d = load_cascade(p)
     assert d.n_stages == 2 and d.noise_level == 0.03 and d.metadata["note"] == "x" and d.width == 6
     assert model_io.read_metadata(p)["n_stages"] == "2"  # the header alone (what the widget reads)
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600: other users' dask workers read it
     np.testing.assert_allclose(d.gammas.detach().numpy(), [100, 10, 1], rtol=1e-6)
     for a, b in zip(c.parameters(), d.parameters()):
         assert torch.allclose(a, b)

@@ -299,11 +299,11 @@ def _cmd_import(args) -> int:
     from ..io.matconvnet import load_matconvnet_cascade
     from ..io.models import save_cascade
 
-    cascade = load_matconvnet_cascade(args.folder, args.noise)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
+    if out.exists() and not args.overwrite:  # before the import's work
         print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    cascade = load_matconvnet_cascade(args.folder, args.noise)
     save_cascade(cascade, out)
     print(f"wrote {out}: {cascade.n_stages} stages, γ = {[round(g, 4) for g in cascade.gammas.tolist()]}")
     return 0

@@ -73,6 +73,8 @@ def load_matconvnet_cascade(folder: str | os.PathLike, noise_level: float | None
 
     lambdas = np.asarray(loadmat(str(folder / "lambda.mat"))["lambda"], dtype=np.float64).ravel()
     stages = sorted(folder.glob("iter*_weights.mat"), key=lambda p: int(p.name[4:].split("_")[0]))
+    if not stages:
+        raise ValueError(f"{folder}: no iter*_weights.mat stage files (a cascade needs at least one stage)")
     if len(lambdas) != len(stages) + 1:
         raise ValueError(f"{folder}: {len(lambdas)} λ values for {len(stages)} stages")
     tensors: dict[str, torch.Tensor] = {"gammas": torch.tensor(lambdas, dtype=torch.float32)}

@@ -66,6 +66,10 @@ def save_cascade(cascade: Cascade, path: str | os.PathLike) -> Path:
         meta.update(format=FORMAT, n_stages=str(cascade.n_stages), noise_level=str(cascade.noise_level))
     tmp = path.with_name(path.name + ".tmp")
     save_file(state_tensors(cascade), str(tmp), metadata=meta)
+    # readable as any other file the user writes (safetensors creates 0600): dask workers run as other users
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 
