@@ -53,7 +53,7 @@ def test_import_command_writes_project_format(tmp_path):
 def test_import_refuses_an_existing_output_before_any_work_and_a_zero_stage_folder(tmp_path, monkeypatch):
     import shutil
 
-    from napari_fcnn_deblur.cli import commands, main
+    from napari_fcnn_deblur.cli import main
     from napari_fcnn_deblur.io import matconvnet
 
     out = tmp_path / "exists.safetensors"
