@@ -115,3 +115,19 @@ def test_mat_reader_declines_other_files(tmp_path):
     (tmp_path / "x.mat").write_bytes(b"this is not a MAT file at all")
     assert _reader.napari_get_reader(str(tmp_path / "x.mat")) is None
     assert _reader.napari_get_reader(str(tmp_path / "kernel.npy")) is None  # napari reads .npy itself
+
+
+def test_mat_reader_refuses_junk_and_huge_files(tmp_path, monkeypatch):
+    from scipy.io import savemat
+
+    junk = tmp_path / "junk.mat"
+    junk.write_bytes(b"\0" * 64 + b"not a MATLAB file" * 20)
+    assert _reader.napari_get_reader(str(junk)) is None
+    big = tmp_path / "big.mat"
+    savemat(big, {"psf": np.zeros((40, 40)), "stack": np.zeros((30, 200, 200))}, do_compression=True)
+    assert big.stat().st_size < 200_000  # small on disk, 1.2 M values inside
+    monkeypatch.setattr(_reader, "MAX_VALUES", 1_000_000)
+    reader = _reader.napari_get_reader(str(big))
+    assert reader is not None
+    with pytest.raises(ValueError, match="more than the 1,000,000"):
+        reader(str(big))

@@ -8,6 +8,7 @@ cell arrays) becomes one Image layer named ``"<file> <variable>"``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ LayerData = tuple[np.ndarray, dict[str, Any], str]
 
 #: At most this many layers from one file (a cell array of thousands of kernels is not browsable).
 MAX_LAYERS = 64
+#: Most values (over all variables) a .mat file may hold: kernels and PSFs are small, and a small
+#: compressed file can expand to gigabytes.
+MAX_VALUES = 32_000_000
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -25,6 +29,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths or not all(str(p).lower().endswith(".mat") for p in paths):
         return None
+    from scipy.io import whosmat
     from scipy.io.matlab import matfile_version
 
     try:
@@ -32,9 +37,24 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list
             major, _ = matfile_version(str(p))
             if major == 2:  # v7.3 files are HDF5: scipy cannot read them
                 return None
+            if not whosmat(str(p)):  # a readable variable directory, not just a plausible header
+                return None
     except Exception:  # not a MAT file at all: let other readers try
         return None
     return read_mat
+
+
+def _check_size(path) -> None:
+    """Refuse a .mat file whose variables hold more than :data:`MAX_VALUES` values, before loading it."""
+    from scipy.io import whosmat
+
+    total = sum(math.prod(shape) for _, shape, _ in whosmat(str(path)))
+    if total > MAX_VALUES:
+        raise ValueError(
+            f"{Path(path).name} holds {total:,} values ({len(whosmat(str(path)))} variables), more than the "
+            f"{MAX_VALUES:,} this reader loads (it is meant for kernels and PSFs); save the PSF alone, or open "
+            "large images from TIFF/zarr"
+        )
 
 
 def _arrays(name: str, value: Any, out: list[tuple[str, np.ndarray]]) -> None:
@@ -59,6 +79,7 @@ def read_mat(path: str | list[str]) -> list[LayerData]:
 
     layers: list[LayerData] = []
     for p in [path] if isinstance(path, (str, Path)) else path:
+        _check_size(p)
         found: list[tuple[str, np.ndarray]] = []
         for key, value in loadmat(str(p)).items():
             if not key.startswith("__"):

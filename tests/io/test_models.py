@@ -84,3 +84,39 @@ def test_one_loader_for_plain_and_noise_map_cascades(tmp_path):
     # deblur() cannot give a noise map yet: a clear error rather than a channel mismatch
     with pytest.raises(ValueError, match="noise-map cascade"):
         get_model(p, 0.03)
+
+
+def test_cache_follows_the_content_not_the_mtime(tmp_path):
+    import os
+    import shutil
+
+    p = save_cascade(Cascade(1, gammas=[10.0, 1.0], width=4), tmp_path / "m.safetensors")
+    first = get_model(p, 0.01)
+    other = save_cascade(Cascade(1, gammas=[20.0, 2.0], width=4), tmp_path / "other.safetensors")
+    st = p.stat()
+    shutil.copyfile(other, p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # a copy that keeps the old modification time
+    second = get_model(p, 0.01)
+    assert second is not first
+    np.testing.assert_allclose(second.gammas.detach().numpy(), [20.0, 2.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["nan weight", "zero gamma", "int weight", "inf gamma"])
+def test_loading_rejects_weights_that_would_give_nan_or_zeros(tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    from napari_fcnn_deblur.io.models import read_metadata
+
+    p = save_cascade(Cascade(1, gammas=[10.0, 1.0], width=4), tmp_path / "m.safetensors")
+    t, meta = load_file(str(p)), read_metadata(p)
+    if bad == "nan weight":
+        t["stage1.conv3.weight"][0, 0, 0, 0] = float("nan")
+    elif bad == "zero gamma":
+        t["gammas"][1] = 0.0
+    elif bad == "inf gamma":
+        t["gammas"][0] = float("inf")
+    else:
+        t["stage1.conv1.bias"] = t["stage1.conv1.bias"].to(torch.int32)
+    save_file(t, str(p), metadata=meta)
+    with pytest.raises(ValueError, match="NaN or infinite|γ must all be > 0|floating point"):
+        load_cascade(p)

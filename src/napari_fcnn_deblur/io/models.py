@@ -17,6 +17,7 @@ handle both.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -74,7 +75,19 @@ def save_cascade(cascade: Cascade, path: str | os.PathLike) -> Path:
     return path
 
 
+def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Reject weights that would run but give NaN or zero output: non-float tensors, NaN/inf values, γ ≤ 0."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"tensor {name!r} has dtype {t.dtype}; a cascade's weights are floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"tensor {name!r} contains NaN or infinite values")
+    if "gammas" in tensors and not bool((tensors["gammas"] > 0).all()):
+        raise ValueError(f"the data weights γ must all be > 0, got {tensors['gammas'].tolist()}")
+
+
 def cascade_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Cascade:
+    check_tensors(tensors)
     if metadata.get("format") == NOISEMAP_FORMAT:
         scale = float(metadata.get("noise_map_scale", NOISE_MAP_SCALE))
         if scale != NOISE_MAP_SCALE:
@@ -151,15 +164,24 @@ def available_models() -> dict[float, Path]:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached(path: str, mtime: float) -> Cascade:
+def _cached(path: str, digest: str) -> Cascade:
     return load_cascade(path)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content: the model cache's key (a copy that keeps the mtime still reloads)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def get_model(model: "str | os.PathLike | Cascade | None", noise_level: float) -> Cascade:
     """Resolve the ``model=`` argument of the public API to a (cached) cascade.
 
     ``None`` picks the shipped cascade nearest to ``noise_level``; a path loads
-    that file (cached by path and modification time); a :class:`Cascade` is
+    that file (cached by path and content hash); a :class:`Cascade` is
     used as it is.
     """
     if isinstance(model, Cascade):
@@ -177,7 +199,7 @@ def get_model(model: "str | os.PathLike | Cascade | None", noise_level: float) -
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-    return _plain(_cached(str(path.resolve()), path.stat().st_mtime))
+    return _plain(_cached(str(path.resolve()), file_digest(path)))
 
 
 def _plain(cascade: Cascade) -> Cascade:
