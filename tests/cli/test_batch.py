@@ -197,3 +197,90 @@ def test_cli_noise_auto_prints_estimate(noisy3, three_models, tmp_path, capsys):
     assert "estimated noise level: 0.03" in err and "trained for 0.03" in err
     with pytest.raises(SystemExit):
         main(args[:-2] + ["--noise", "loud", "-o", str(tmp_path / "bad.tif")])
+
+
+# ----------------------------------------------------------------------------- robustness (issue 15)
+
+
+def test_version_and_output_problems_found_before_any_work(tmp_path, camera_case, known_model_file, monkeypatch,
+                                                          capsys):
+    import subprocess
+    import sys
+
+    from napari_fcnn_deblur import __version__
+    from napari_fcnn_deblur.engine.run import DeblurRun
+
+    r = subprocess.run([sys.executable, "-m", "napari_fcnn_deblur.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+    blurry, k, _ = camera_case
+    img, kern = tmp_path / "in.tif", tmp_path / "k.npy"
+    tifffile.imwrite(img, blurry.astype(np.float32))
+    np.save(kern, k)
+    ran = []
+    monkeypatch.setattr(DeblurRun, "deblur", lambda *a, **kw: ran.append(1))
+    (tmp_path / "afolder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        "noext": "no file type",
+        "out.xyz": "unknown file type",
+        "afolder": "no file type",
+        "afolder.tif": None,  # made a folder below
+        "afile/out.tif": "is a file, not a folder",
+        "out.png": "stores 8/16-bit integers",
+        "in.tif": "is an input file",
+    }
+    (tmp_path / "afolder.tif").mkdir()
+    cases["afolder.tif"] = "existing folder"
+    for name, message in cases.items():
+        rc = main(["deblur", str(img), "-k", str(kern), "-o", str(tmp_path / name), "--model", str(known_model_file),
+                   "-q", "--overwrite"])
+        assert rc == 2, name
+        assert message in capsys.readouterr().err, name
+    assert not ran  # every problem was found before any deblurring
+
+
+def test_save_stages_never_overwrites_the_input(tmp_path, camera_case, known_model_file):
+    blurry, k, _ = camera_case
+    img, kern = tmp_path / "scan_stage1.tif", tmp_path / "k.npy"
+    tifffile.imwrite(img, blurry.astype(np.float32))
+    np.save(kern, k)
+    before = img.read_bytes()
+    rc = main(["deblur", str(img), "-k", str(kern), "-o", str(tmp_path / "scan.tif"), "--save-stages", "--overwrite",
+               "--model", str(known_model_file), "-q"])
+    assert rc == 2 and img.read_bytes() == before
+
+
+def test_batch_goes_on_after_a_bad_file_names_it_and_resumes_with_skip_existing(tmp_path, camera_case,
+                                                                                known_model_file, capsys):
+    blurry, k, _ = camera_case
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.tif", "c.tif"):
+        tifffile.imwrite(folder / name, blurry.astype(np.float32))
+    (folder / "b.tif").write_bytes(b"not a tiff")
+    kern = tmp_path / "k.npy"
+    np.save(kern, k)
+    args = ["deblur", str(folder), "-k", str(kern), "-o", str(out), "--model", str(known_model_file), "-q",
+            "--iterations", "1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "b.tif" in err and "1 of 3 files failed" in err
+    assert (out / "a.tif").is_file() and (out / "c.tif").is_file() and not (out / "b.tif").exists()
+    tifffile.imwrite(folder / "b.tif", blurry.astype(np.float32))  # fixed: only it is done again
+    mtime = (out / "a.tif").stat().st_mtime_ns
+    assert main(args + ["--skip-existing"]) == 0
+    assert (out / "b.tif").is_file() and (out / "a.tif").stat().st_mtime_ns == mtime
+
+
+def test_atomic_writer_does_not_follow_a_planted_link(tmp_path):
+    from napari_fcnn_deblur.io.images import write_image_atomic
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out" / "result.tif"
+    out.parent.mkdir()
+    (out.parent / ".result.tif.partial.tif").symlink_to(victim)  # the old predictable name
+    write_image_atomic(out, np.ones((8, 8), np.float32))
+    assert victim.read_text() == "precious"
+    np.testing.assert_array_equal(tifffile.imread(out), np.ones((8, 8), np.float32))
+    assert [p.name for p in out.parent.iterdir() if "partial" in p.name] == [".result.tif.partial.tif"]

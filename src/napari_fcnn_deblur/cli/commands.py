@@ -11,6 +11,8 @@ import numpy as np
 from ..engine.run import DeblurRun, Progress
 from ..io.images import (
     IMAGE_SUFFIXES,
+    INTEGER_ONLY_SUFFIXES,
+    check_output_path,
     create_zarr_output,
     is_zarr,
     open_zarr_input,
@@ -68,9 +70,22 @@ def _report_noise(args, noise: float, model) -> None:
 
 
 def _check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Every output writable and none of them an input, before any work."""
+    inputs = {src.resolve() for src, _ in pairs}
     for _, out in pairs:
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        if out.resolve() in inputs:
+            raise ValueError(f"output {out} is an input file; write the result elsewhere")
+        check_output_path(out, overwrite)
+
+
+def _check_dtype_fits(dst: Path, dtype: str, image: np.ndarray) -> None:
+    """8/16-bit formats cannot store float results: refuse before the computation."""
+    target = image.dtype if dtype == "input" else np.dtype(dtype)
+    if dst.suffix.lower() in INTEGER_ONLY_SUFFIXES and target not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"{dst.suffix} stores 8/16-bit integers but the result would be {target}: use --dtype uint8/uint16, "
+            "or write .tif/.npy for float32"
+        )
 
 
 def _job_pairs(image: Path, out: Path) -> list[tuple[Path, Path]]:
@@ -98,6 +113,11 @@ def _cmd_deblur(args) -> int:
     if kernel.ndim == 3 and kernel.shape[-1] in (3, 4):
         kernel = kernel[..., :3].mean(-1)
     pairs = _job_pairs(image_path, out)
+    if args.skip_existing:
+        skipped = [dst for _, dst in pairs if dst.exists()]
+        pairs = [(src, dst) for src, dst in pairs if not dst.exists()]
+        for dst in skipped:
+            _say(args, f"skipped {dst} (exists)")
     _check_outputs(pairs, args.overwrite)
     if args.save_stages:
         if len(pairs) != 1 or is_zarr(image_path) or is_zarr(out) or args.scheduler:
@@ -107,16 +127,28 @@ def _cmd_deblur(args) -> int:
     if args.scheduler and args.scheduler not in ("threads", "processes", "sync"):
         distributed = require("distributed")
         client = distributed.Client(args.scheduler)
+    failed: list[tuple[Path, str]] = []
     try:
         for src, dst in pairs:
-            if args.scheduler:
-                _deblur_one_lazy(args, src, dst, kernel, client)
-            else:
-                _deblur_one(args, src, dst, kernel)
+            try:
+                if args.scheduler:
+                    _deblur_one_lazy(args, src, dst, kernel, client)
+                else:
+                    _deblur_one(args, src, dst, kernel)
+            except (ValueError, OSError, ImportError, RuntimeError) as err:
+                if len(pairs) == 1:
+                    raise
+                print(f"error: {src}: {err}", file=sys.stderr)  # a batch goes on with the other files
+                failed.append((src, str(err)))
+                continue
             _say(args, f"wrote {dst}")
     finally:
         if client is not None:
             client.close()
+    if failed:
+        print(f"error: {len(failed)} of {len(pairs)} files failed: {', '.join(p.name for p, _ in failed)}; "
+              "re-run with --skip-existing to do only those", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -142,6 +174,7 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     """Eager path: the whole input in memory, planes deblurred in batches (tiled when large)."""
     zin = open_zarr_input(src) if is_zarr(src) else None
     image = np.asarray(zin.array[...]) if zin is not None else read_array(src)
+    _check_dtype_fits(dst, _default_dtype(dst, args.dtype), image)
     run = _prepare_run(args, image, kernel)
     layout = run.layout(image)
     bar = _progress(args, layout.n_planes * (run.iterations + 1), src.name, unit="plane-step")
@@ -183,6 +216,7 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
             image, chunks=image.shape if image.ndim == 2 else (1,) * (image.ndim - 2) + image.shape[-2:]
         )
         like_dtype = image.dtype
+    _check_dtype_fits(dst, _default_dtype(dst, args.dtype), np.zeros(0, like_dtype))
     run = _prepare_run(args, lazy_in, kernel)
     result = deblur_lazy(run, lazy_in)
     dtype = _default_dtype(dst, args.dtype)
@@ -245,13 +279,15 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
 def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -> int:
     image = read_array(image_path)
     dtype = _default_dtype(out, args.dtype)
+    _check_dtype_fits(out, dtype, image)
     # checked and the model loaded first: the stage count (default: all of the model's) names the files
     run = _prepare_run(args, image, kernel)
     stage_paths = []
     for s in range(run.iterations + 1):
         p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
-        if p.exists() and not args.overwrite:
-            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+        if p.resolve() == image_path.resolve():
+            raise ValueError(f"stage file {p} would overwrite the input; choose another output name")
+        check_output_path(p, args.overwrite)
         stage_paths.append(p)
     last = None
     for res in run.stages(image):
@@ -360,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     precision_choices = ["auto", *PRECISIONS]
     ap = argparse.ArgumentParser(prog="fcnn-deblur", description=__doc__)
+    from .. import __version__
+
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
@@ -405,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=precision_choices, default="auto",
                    help="arithmetic of the networks; auto = bf16 where the CPU/GPU has it natively (2-3x faster)")
     d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--skip-existing", action="store_true",
+                   help="leave outputs that exist alone and do the rest (resumes an interrupted batch)")
     d.add_argument("--quiet", "-q", action="store_true")
     d.set_defaults(func=_cmd_deblur)
 

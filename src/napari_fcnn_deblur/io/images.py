@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,41 @@ def tiff_photometric(array: np.ndarray) -> str | None:
     return "minisblack" if array.ndim >= 3 else None
 
 
+#: Suffixes the image writer knows, and those that store only 8/16-bit integers.
+WRITABLE_SUFFIXES = {".tif", ".tiff", ".npy", ".png", ".jpg", ".jpeg", ".bmp"}
+INTEGER_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def check_output_path(path: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: no or unknown suffix, an existing
+    folder, a parent that is a file, or an existing file without ``overwrite``."""
+    suffix = path.suffix.lower()
+    if suffix not in WRITABLE_SUFFIXES | {".zarr"}:
+        known = ", ".join(sorted(WRITABLE_SUFFIXES | {".zarr"}))
+        raise ValueError(f"output {path}: {'no' if not suffix else 'unknown'} file type {suffix!r}; use one of {known}")
+    if path.is_dir() and suffix != ".zarr":
+        raise ValueError(f"output {path} is an existing folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output {path}: {parent} is a file, not a folder")
+            break
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
 def write_image_atomic(path: Path, array: np.ndarray, overwrite: bool = False) -> None:
-    """Write PNG/TIFF/NPY under a temporary name, then rename: never a half-written final file."""
+    """Write PNG/TIFF/NPY under a temporary name, then rename: never a half-written final file.
+
+    The temporary file is created exclusively, with a random name, in the output's folder (so a link
+    planted under a predictable name cannot redirect the write).
+    """
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     suffix = path.suffix.lower()
     try:
         if suffix in {".tif", ".tiff"}:
