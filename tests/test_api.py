@@ -143,3 +143,38 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_channel_axis_deblurs_each_channel_with_its_own_kernel(camera_case, known_cascade):
+    import dask.array as da
+
+    from conftest import line_kernel
+
+    blurry, k, _ = camera_case
+    k2 = line_kernel(7, 100.0)
+    # four fluorophores (Y, X, 4): without channel_axis the 4th would be taken as alpha
+    chans = [blurry, blurry[::-1] * 0.5, blurry[:, ::-1] * 3.0, blurry.T.copy() * 2.0]
+    img = np.stack(chans, axis=-1)
+    kernels = [k, k2, k, k2]
+    out = deblur(img, kernels, 0.01, model=known_cascade, channel_axis=-1)
+    assert out.shape == img.shape
+    for c in range(4):
+        np.testing.assert_allclose(out[..., c], deblur(chans[c], kernels[c], 0.01, model=known_cascade), atol=1e-5)
+    rgba = deblur(img, k, 0.01, model=known_cascade)
+    np.testing.assert_array_equal(rgba[..., 3], img[..., 3])  # the default rule keeps alpha as it was
+    # (C, Y, X): each channel gets its own intensity map, unlike one stack
+    cyx = np.moveaxis(img, -1, 0)
+    np.testing.assert_allclose(deblur(cyx, kernels, 0.01, model=known_cascade, channel_axis=0),
+                               np.moveaxis(out, -1, 0), atol=1e-5)
+    lazy = deblur(da.from_array(cyx), kernels, 0.01, model=known_cascade, channel_axis=0)
+    np.testing.assert_allclose(lazy.compute(scheduler="sync"), np.moveaxis(out, -1, 0), atol=1e-5)
+    stages = list(deblur_stages(cyx, kernels, [0.01, 0.01, 0.01, 0.01], model=known_cascade, channel_axis=0))
+    assert [s.stage for s in stages] == [0, 1, 2, 3] and len(stages[-1].per_channel) == 4
+    assert stages[-1].image.shape == cyx.shape and stages[1].grad_x.shape == cyx.shape
+    np.testing.assert_allclose(stages[-1].image, np.moveaxis(out, -1, 0), atol=1e-5)
+    with pytest.raises(ValueError, match="one per channel"):
+        deblur(cyx, [k, k2], 0.01, model=known_cascade, channel_axis=0)
+    with pytest.raises(ValueError, match="out of range"):
+        deblur(cyx, k, 0.01, model=known_cascade, channel_axis=5)
+    with pytest.raises(ValueError, match="at least 3 axes"):
+        deblur(blurry, k, 0.01, model=known_cascade, channel_axis=0)

@@ -385,7 +385,9 @@ def test_stack_current_plane_preview_and_whole_layer(make_napari_viewer, qtbot, 
     np.testing.assert_allclose(preview.data[0], expected, atol=1e-5)
 
     widget.scope.value = WHOLE_LAYER
-    run_and_wait(qtbot, widget)
+    widget.run_button.clicked.emit()
+    assert "a stack of 3 planes" in widget.status.value  # says what it assumed
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert widget.progress.max == 3 * 2 and widget.progress.value == 6
     whole = viewer.layers["stack stage 1"]
     assert whole.data.shape == planes.shape
@@ -445,7 +447,9 @@ def test_rgb_image(make_napari_viewer, qtbot, case, model_file):
     widget.iterations.value = 1
     widget.show_gradients.value = True
     assert not shown(widget, widget.scope)
-    run_and_wait(qtbot, widget)
+    widget.run_button.clicked.emit()
+    assert "RGB: the 3 colour channels" in widget.status.value
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     out = viewer.layers["photo stage 1"]
     assert out.rgb and out.data.shape == rgb.shape
     assert viewer.layers["photo grad x stage 1"].data.shape == rgb.shape[:2]

@@ -216,6 +216,20 @@ def _kernel_named(layer: Image) -> bool:
     return "kernel" in name or "psf" in name
 
 
+def _layout_words(shape: tuple[int, ...], rgb: bool, preview: bool) -> str:
+    """What the run takes the layer to be, in words (so a 4-channel image read as RGBA is not a surprise)."""
+    if rgb:
+        alpha = ", alpha kept as it is" if shape[-1] == 4 else ""
+        return f"RGB: the 3 colour channels each deblurred{alpha}"
+    if len(shape) == 2:
+        return "one plane"
+    n = math.prod(shape[:-2])
+    if preview:
+        return f"the plane on screen of a stack of {n}"
+    return (f"a stack of {n} planes, each with the same kernel and one intensity map; for channels with their own "
+            "PSF use deblur(..., channel_axis=) or fcnn-deblur --channel-axis")
+
+
 def _pixel_size_nm(layer: Image) -> float | None:
     """The layer's pixel size along X in nanometres, when its scale has a length unit (None: no physical size)."""
     units = getattr(layer, "units", None)  # napari >= 0.6
@@ -627,7 +641,7 @@ class DeblurWidget(Container):
         self.progress.max, self.progress.value = total, 0
         # napari's activity dock shows the same progress (plane-steps, as the engine reports them)
         self.activity = napari_progress(total=total, desc=f"FCNN deblur: {job.source_name}")
-        self.status.value = f"Deblurring '{job.source_name}'…"
+        self.status.value = f"Deblurring '{job.source_name}' ({_layout_words(shape, job.rgb, job.preview)})…"
         worker = _deblur_worker(job)
         worker.yielded.connect(self._on_yielded)
         worker.aborted.connect(self._on_aborted)

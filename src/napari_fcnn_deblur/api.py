@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .engine.channels import channel_kernels, channel_noise_levels, channel_view, check_channel_axis
 from .engine.devices import PRECISION_ENV, PRECISIONS, check_precision
 from .engine.run import DeblurRun, ModelLike, Progress, StageResult
 
@@ -31,6 +32,7 @@ def deblur(
     tile_size: int | None = None,
     intensity_range: tuple[float, float] | None = None,
     precision: str = "auto",
+    channel_axis: int | None = None,
 ):
     """Remove a known blur from an image with the learned FCNN cascade.
 
@@ -72,6 +74,12 @@ def deblur(
         on the [0, 1] scale and by < 0.01 dB in mean PSNR on the validation
         benchmark (``docs/benchmarks.md``).  "auto" = bf16 where the device has
         it natively, else fp32 (see :func:`~.engine.devices.check_precision`).
+    channel_axis : int or None
+        The axis of ``image`` that holds channels (fluorophores), deblurred as separate images:
+        each with its own intensity map and noise estimate, and with its own kernel when
+        ``kernel`` is a list of C kernels or a (C, kh, kw) array (``noise_level`` may also be a
+        list of C values).  None applies the default rule ((Y, X, 3|4) is RGB(A), see
+        :mod:`.engine.layout`).
 
     Returns
     -------
@@ -95,6 +103,19 @@ def deblur(
         import numpy as np
 
         image = np.asarray(image)
+    if channel_axis is not None:
+        axis = check_channel_axis(channel_axis, len(image.shape))
+        n = image.shape[axis]
+        kernels, levels = channel_kernels(kernel, n), channel_noise_levels(noise_level, n)
+        outs = [deblur(channel_view(image, axis, c), kernels[c], levels[c], iterations, device, model, tile_size,
+                       intensity_range, precision) for c in range(n)]
+        if is_dask(image):
+            import dask.array as da
+
+            return da.stack(outs, axis=axis)
+        import numpy as np
+
+        return np.stack(outs, axis=axis)
     run = DeblurRun.prepare(image, kernel, noise_level, iterations, device, model, tile_size, intensity_range,
                             precision)
     if is_dask(image):
@@ -113,6 +134,7 @@ def deblur_stages(
     model: ModelLike = None,
     intensity_range: tuple[float, float] | None = None,
     precision: str = "auto",
+    channel_axis: int | None = None,
 ) -> Iterator[StageResult]:
     """Like :func:`deblur`, but yield a :class:`StageResult` after every step.
 
@@ -122,9 +144,34 @@ def deblur_stages(
     function is called (a ``ValueError`` is raised before any work is done).
     ``noise_level="auto"`` estimates the noise; every :class:`StageResult`
     carries the level used.  Planes larger than one tile run in tiles, as in :func:`deblur`.
+    With ``channel_axis`` (see :func:`deblur`) every item covers all channels; its ``gamma`` and
+    ``noise_level`` are channel 0's and ``per_channel`` holds each channel's own item.
     """
     import numpy as np
 
     a = np.asarray(image)
+    if channel_axis is not None:
+        axis = check_channel_axis(channel_axis, a.ndim)
+        n = a.shape[axis]
+        kernels, levels = channel_kernels(kernel, n), channel_noise_levels(noise_level, n)
+        runs = [DeblurRun.prepare(channel_view(a, axis, c), kernels[c], levels[c], iterations, device, model, None,
+                                  intensity_range, precision) for c in range(n)]
+        if len({r.iterations for r in runs}) != 1:
+            raise ValueError(f"the channels' models have different stage counts {[r.iterations for r in runs]}")
+        return _stacked_stages([r.stages(channel_view(a, axis, c)) for c, r in enumerate(runs)], axis)
     run = DeblurRun.prepare(a, kernel, noise_level, iterations, device, model, None, intensity_range, precision)
     return run.stages(a)
+
+
+def _stacked_stages(generators: list[Iterator[StageResult]], axis: int) -> Iterator[StageResult]:
+    """Advance every channel's stages together; each item stacks the channels on ``axis``."""
+    import numpy as np
+
+    def stack(arrays):
+        return None if arrays[0] is None else np.stack(arrays, axis=axis)
+
+    for items in zip(*generators):
+        first = items[0]
+        yield StageResult(first.stage, stack([i.image for i in items]), stack([i.grad_x for i in items]),
+                          stack([i.grad_y for i in items]), first.iterations, first.gamma, first.noise_level,
+                          per_channel=list(items))

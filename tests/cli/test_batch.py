@@ -284,3 +284,23 @@ def test_atomic_writer_does_not_follow_a_planted_link(tmp_path):
     assert victim.read_text() == "precious"
     np.testing.assert_array_equal(tifffile.imread(out), np.ones((8, 8), np.float32))
     assert [p.name for p in out.parent.iterdir() if "partial" in p.name] == [".result.tif.partial.tif"]
+
+
+def test_cli_channel_axis_with_one_kernel_per_channel(tmp_path, camera_case, known_model_file):
+    from conftest import line_kernel
+
+    blurry, k, _ = camera_case
+    k2 = line_kernel(7, 100.0)
+    img = (np.stack([blurry, blurry[::-1]]).clip(0, 1) * 3000 + 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "two.tif", img)
+    np.save(tmp_path / "k1.npy", k)
+    np.save(tmp_path / "k2.npy", k2)
+    base = ["deblur", str(tmp_path / "two.tif"), "-k", str(tmp_path / "k1.npy"), "-k", str(tmp_path / "k2.npy"),
+            "--model", str(known_model_file), "-q"]
+    assert main(base + ["-o", str(tmp_path / "out.tif"), "--channel-axis", "0"]) == 0
+    expected = deblur(img, [k, k2], 0.01, model=known_model_file, channel_axis=0)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"), expected, atol=1e-3)
+    assert main(base + ["-o", str(tmp_path / "nochan.tif")]) == 2  # two kernels need --channel-axis
+    assert main(base + ["-o", str(tmp_path / "st.tif"), "--channel-axis", "0", "--save-stages",
+                        "--iterations", "1"]) == 0
+    assert tifffile.imread(tmp_path / "st_stage1.tif").shape == img.shape

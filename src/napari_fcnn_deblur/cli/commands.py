@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..api import deblur, deblur_stages
+from ..engine.layout import PlaneLayout
 from ..engine.run import DeblurRun, Progress
 from ..io.images import (
     IMAGE_SUFFIXES,
@@ -109,9 +112,15 @@ def _job_pairs(image: Path, out: Path) -> list[tuple[Path, Path]]:
 
 def _cmd_deblur(args) -> int:
     image_path, out = Path(args.image), Path(args.output)
-    kernel = read_array(Path(args.kernel)).astype(np.float64)
-    if kernel.ndim == 3 and kernel.shape[-1] in (3, 4):
-        kernel = kernel[..., :3].mean(-1)
+    kernels = []
+    for path in args.kernel:
+        k = read_array(Path(path)).astype(np.float64)
+        if k.ndim == 3 and k.shape[-1] in (3, 4):
+            k = k[..., :3].mean(-1)
+        kernels.append(k)
+    if len(kernels) > 1 and args.channel_axis is None:
+        raise ValueError("several --kernel files need --channel-axis (one kernel per channel)")
+    kernel = kernels[0] if len(kernels) == 1 else kernels
     pairs = _job_pairs(image_path, out)
     if args.skip_existing:
         skipped = [dst for _, dst in pairs if dst.exists()]
@@ -175,13 +184,18 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     zin = open_zarr_input(src) if is_zarr(src) else None
     image = np.asarray(zin.array[...]) if zin is not None else read_array(src)
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), image)
-    run = _prepare_run(args, image, kernel)
-    layout = run.layout(image)
-    bar = _progress(args, layout.n_planes * (run.iterations + 1), src.name, unit="plane-step")
-    try:
-        result = run.deblur(image, _progress_callback(bar))
-    finally:
-        bar.close()
+    if args.channel_axis is not None:  # each channel its own image (kernel, noise, intensity map)
+        result = deblur(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
+                        precision=args.precision, channel_axis=args.channel_axis)
+        layout = PlaneLayout.of(result.shape, rgb=False)
+    else:
+        run = _prepare_run(args, image, kernel)
+        layout = run.layout(image)
+        bar = _progress(args, layout.n_planes * (run.iterations + 1), src.name, unit="plane-step")
+        try:
+            result = run.deblur(image, _progress_callback(bar))
+        finally:
+            bar.close()
     dtype = _default_dtype(dst, args.dtype)
     if is_zarr(dst):
         with zarr_output_atomic(dst, args.overwrite) as tmp:
@@ -217,12 +231,17 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
         )
         like_dtype = image.dtype
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), np.zeros(0, like_dtype))
-    run = _prepare_run(args, lazy_in, kernel)
-    result = deblur_lazy(run, lazy_in)
+    if args.channel_axis is not None:
+        result = deblur(lazy_in, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
+                        precision=args.precision, channel_axis=args.channel_axis)
+        rgb = False
+    else:
+        run = _prepare_run(args, lazy_in, kernel)
+        result = deblur_lazy(run, lazy_in)
+        rgb = run.options.rgb
     dtype = _default_dtype(dst, args.dtype)
     target = to_output_dtype(np.zeros(1, np.float32), dtype, np.zeros(1, like_dtype)).dtype
     result = result.map_blocks(to_output_dtype, dtype, np.zeros(0, like_dtype), dtype=target)
-    rgb = run.options.rgb
     if rgb:
         result = result.rechunk((-1, -1, -1))
     n_planes = int(np.prod(result.numblocks))
@@ -281,16 +300,23 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     dtype = _default_dtype(out, args.dtype)
     _check_dtype_fits(out, dtype, image)
     # checked and the model loaded first: the stage count (default: all of the model's) names the files
-    run = _prepare_run(args, image, kernel)
+    if args.channel_axis is not None:
+        stages = deblur_stages(image, kernel, args.noise, args.iterations, args.device, args.model,
+                               precision=args.precision, channel_axis=args.channel_axis)
+        first = next(stages)
+        n_stages, stages = first.iterations, itertools.chain([first], stages)
+    else:
+        run = _prepare_run(args, image, kernel)
+        n_stages, stages = run.iterations, run.stages(image)
     stage_paths = []
-    for s in range(run.iterations + 1):
+    for s in range(n_stages + 1):
         p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
         if p.resolve() == image_path.resolve():
             raise ValueError(f"stage file {p} would overwrite the input; choose another output name")
         check_output_path(p, args.overwrite)
         stage_paths.append(p)
     last = None
-    for res in run.stages(image):
+    for res in stages:
         _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
         write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image), args.overwrite)
         last = res
@@ -411,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     d.add_argument("image")
-    d.add_argument("--kernel", "-k", required=True, help="kernel/PSF file (PNG/TIFF/NPY)")
+    d.add_argument("--kernel", "-k", required=True, action="append",
+                   help="kernel/PSF file (PNG/TIFF/NPY); with --channel-axis, give one per channel (repeat -k)")
+    d.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of the image holding channels: each deblurred on its own (own kernel with several -k, "
+                        "own noise estimate and intensity map); default: (Y, X, 3|4) is RGB(A), anything else a stack")
     d.add_argument(
         "--noise",
         type=_noise_arg,

@@ -64,6 +64,8 @@ class StageResult:
     noise_level : float
         Noise s.d. (on the [0, 1] scale) the run used to pick its model: the
         given ``noise_level``, or the estimate when it was ``"auto"`` (NaN if unknown).
+    per_channel : list of StageResult or None
+        With an explicit channel axis: each channel's own result (its γ and noise level).
     """
 
     stage: int
@@ -73,6 +75,7 @@ class StageResult:
     iterations: int
     gamma: float
     noise_level: float = float("nan")
+    per_channel: list[StageResult] | None = None
 
 
 @dataclass(frozen=True)
