@@ -132,3 +132,22 @@ def test_robustness_at_the_boundary(camera_case, known_cascade):
         warnings.simplefilter("always")
         deblur(blurry * 1e-6, k, model=known_cascade)
     assert any("span only" in str(w.message) for w in caught)
+
+
+def test_a_suspended_or_abandoned_run_leaves_the_callers_grad_mode_alone(camera_case, known_cascade):
+    """Stage generators must not hold torch's inference mode across a yield (it is thread-global state)."""
+    import torch
+
+    from napari_fcnn_deblur import deblur_stages
+
+    blurry, k, _ = camera_case
+    gen = deblur_stages(blurry, k, 0.01, model=known_cascade)
+    next(gen)  # suspended between stages
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    del gen
+    stacked = deblur_stages(np.stack([blurry, blurry * 0.5]), [k, k], 0.01, model=known_cascade, channel_axis=0)
+    list(stacked)  # zip over per-channel generators leaves the others suspended at the end
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    (x * 2).sum().backward()  # autograd still works after
+    assert x.grad is not None

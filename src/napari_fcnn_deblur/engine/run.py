@@ -395,13 +395,16 @@ class DeblurRun:
                 gx, gy = gx[..., :3], gy[..., :3]
             return StageResult(stage, image_out, gx, gy, self.iterations, float(gammas[stage]), self.noise_level)
 
+        # inference mode is entered around each step's work, never held across a yield: a generator
+        # suspended inside `with torch.inference_mode()` would leave the caller's thread in inference mode
         with torch.inference_mode():
             batches = self._batches(planes, keep_gradients=True)
-            for stage in range(self.iterations + 1):
-                imgs = np.empty(planes.shape, np.float32)
-                zx = None if stage == 0 else np.empty(planes.shape, np.float32)
-                zy = None if stage == 0 else np.empty(planes.shape, np.float32)
-                for sl, gen in batches:
+        for stage in range(self.iterations + 1):
+            imgs = np.empty(planes.shape, np.float32)
+            zx = None if stage == 0 else np.empty(planes.shape, np.float32)
+            zy = None if stage == 0 else np.empty(planes.shape, np.float32)
+            for sl, gen in batches:
+                with torch.inference_mode():
                     st = next(gen)
                     crop = st.problem.geometry.crop
                     imgs[sl] = st.image.float().cpu().numpy()
@@ -409,9 +412,9 @@ class DeblurRun:
                         zx[sl] = crop(st.gradients[0]).float().cpu().numpy()
                         zy[sl] = crop(st.gradients[1]).float().cpu().numpy()
                     del st
-                    done += sl.stop - sl.start
-                    yield Progress(done, total)
-                yield to_layout(imgs, zx, zy, stage)
+                done += sl.stop - sl.start
+                yield Progress(done, total)
+            yield to_layout(imgs, zx, zy, stage)
 
     def stages(self, image, progress: Callable[[Progress], None] | None = None) -> Iterator[StageResult]:
         """:meth:`steps` without the progress items (reported to ``progress`` when given)."""
