@@ -83,3 +83,15 @@ def test_default_runs_every_stage_of_the_model(files, tmp_path):
     assert main(["deblur", str(img), "-k", str(kern), "--model", str(four), "-o", str(out), "--save-stages", "-q"]) == 0
     assert sorted(p.name for p in tmp_path.glob("res_stage*.tif")) == [f"res_stage{s}.tif" for s in range(5)]
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "res_stage4.tif"))
+
+
+def test_a_kernel_path_that_is_a_folder_or_not_an_image_is_a_one_line_error(tmp_path):
+    img = tmp_path / "in.npy"
+    np.save(img, np.random.default_rng(0).random((40, 40)).astype(np.float32))
+    (tmp_path / "kdir").mkdir()
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for kernel in (tmp_path / "kdir", tmp_path / "junk.png"):
+        r = subprocess.run([sys.executable, "-m", "napari_fcnn_deblur.cli", "deblur", str(img), "-k", str(kernel),
+                            "-o", str(tmp_path / "out.tif")], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr

@@ -534,9 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:  # OSError: missing files, folders given as files, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (outputs finished so far are complete; unfinished ones were not written)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
