@@ -6,7 +6,8 @@
 #     headless (apt-get; otherwise install them yourself, e.g. `sudo apt-get install xvfb libgl1-mesa-dri`);
 #   - a virtual environment ($VENV, default .venv-test) with the CPU build of PyTorch 2.13 (a bare
 #     `torch` requirement would pull a multi-GB CUDA build) and this package with its [testing] extras;
-# then runs `python -m pytest` (headless: pytest-xvfb starts a virtual screen).
+# then runs `python -m pytest` (headless: pytest-xvfb starts a virtual screen).  SETUP_ONLY=1 stops before pytest
+# (CI runs pytest itself, see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-test}"
@@ -27,4 +28,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[testing]"
 
+if [ "${SETUP_ONLY:-0}" = 1 ]; then
+  exit 0
+fi
 python -m pytest "$@"

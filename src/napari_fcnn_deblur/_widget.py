@@ -283,7 +283,6 @@ class _RunState:
     aborted: bool = False
     layers: dict[str, Image] = field(default_factory=dict)
     final: Image | None = None  # image layer of the highest stage so far
-    final_stage: int = -1
     noise_text: str = ""  # "estimated noise 2.7 % → 3 % model" once the worker has estimated it
 
 
@@ -709,7 +708,7 @@ class DeblurWidget(Container):
             if job.preview:  # one plane of a stack: a layer with the stack's dimensions, one plane deep
                 data = data.reshape(run.out_lead + data.shape)
             run.layers[name] = self._put_layer(run, name, role, k, data, res)
-        run.final, run.final_stage = run.layers[parts[-1][0]], k
+        run.final = run.layers[parts[-1][0]]
         self.viewer.layers.selection.active = run.final
 
     def _own_layers(self, source: str, preview: bool) -> list[Image]:

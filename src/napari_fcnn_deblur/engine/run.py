@@ -18,7 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -285,11 +285,6 @@ class DeblurRun:
     @property
     def iterations(self) -> int:
         return self.options.iterations
-
-    def with_iterations(self, iterations: int | None) -> DeblurRun:
-        """The same run with another number of stages (validated)."""
-        it = self.cascade.check_iterations(iterations)
-        return replace(self, options=replace(self.options, iterations=it), _spectra=self._spectra)
 
     # ------------------------------------------------------------------ running
 
