@@ -14,6 +14,7 @@ pytest.importorskip("napari")
 npe2 = pytest.importorskip("npe2")
 
 from napari_fcnn_deblur import _reader, _sample_data  # noqa: E402
+from napari_fcnn_deblur.io import matfiles  # noqa: E402
 
 PLUGIN = "napari-fcnn-deblur"
 
@@ -126,7 +127,7 @@ def test_mat_reader_refuses_junk_and_huge_files(tmp_path, monkeypatch):
     big = tmp_path / "big.mat"
     savemat(big, {"psf": np.zeros((40, 40)), "stack": np.zeros((30, 200, 200))}, do_compression=True)
     assert big.stat().st_size < 200_000  # small on disk, 1.2 M values inside
-    monkeypatch.setattr(_reader, "MAX_VALUES", 1_000_000)
+    monkeypatch.setattr(matfiles, "MAX_VALUES", 1_000_000)
     reader = _reader.napari_get_reader(str(big))
     assert reader is not None
     with pytest.raises(ValueError, match="more than the 1,000,000"):

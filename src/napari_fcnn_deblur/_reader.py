@@ -8,20 +8,18 @@ cell arrays) becomes one Image layer named ``"<file> <variable>"``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .io.matfiles import load_mat, mat_variables
+
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 
 #: At most this many layers from one file (a cell array of thousands of kernels is not browsable).
 MAX_LAYERS = 64
-#: Most values (over all variables) a .mat file may hold: kernels and PSFs are small, and a small
-#: compressed file can expand to gigabytes.
-MAX_VALUES = 32_000_000
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -29,32 +27,13 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths or not all(str(p).lower().endswith(".mat") for p in paths):
         return None
-    from scipy.io import whosmat
-    from scipy.io.matlab import matfile_version
-
     try:
         for p in paths:
-            major, _ = matfile_version(str(p))
-            if major == 2:  # v7.3 files are HDF5: scipy cannot read them
+            if not mat_variables(p):  # a readable variable directory, not just a plausible header
                 return None
-            if not whosmat(str(p)):  # a readable variable directory, not just a plausible header
-                return None
-    except Exception:  # not a MAT file at all: let other readers try
+    except (ValueError, OSError):  # not a MAT file we can read (or v7.3/HDF5): let other readers try
         return None
     return read_mat
-
-
-def _check_size(path) -> None:
-    """Refuse a .mat file whose variables hold more than :data:`MAX_VALUES` values, before loading it."""
-    from scipy.io import whosmat
-
-    total = sum(math.prod(shape) for _, shape, _ in whosmat(str(path)))
-    if total > MAX_VALUES:
-        raise ValueError(
-            f"{Path(path).name} holds {total:,} values ({len(whosmat(str(path)))} variables), more than the "
-            f"{MAX_VALUES:,} this reader loads (it is meant for kernels and PSFs); save the PSF alone, or open "
-            "large images from TIFF/zarr"
-        )
 
 
 def _arrays(name: str, value: Any, out: list[tuple[str, np.ndarray]]) -> None:
@@ -75,15 +54,11 @@ def _arrays(name: str, value: Any, out: list[tuple[str, np.ndarray]]) -> None:
 
 def read_mat(path: str | list[str]) -> list[LayerData]:
     """Layers for every 2D/3D numeric array in one or more ``.mat`` files."""
-    from scipy.io import loadmat
-
     layers: list[LayerData] = []
     for p in [path] if isinstance(path, (str, Path)) else path:
-        _check_size(p)
         found: list[tuple[str, np.ndarray]] = []
-        for key, value in loadmat(str(p)).items():
-            if not key.startswith("__"):
-                _arrays(key, value, found)
+        for key, value in load_mat(p).items():
+            _arrays(key, value, found)
         stem = Path(p).stem
         for key, a in found:
             meta = {"source_file": str(p), "variable": key}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..core.cascade import Cascade
+from .matfiles import load_mat, mat_numeric
 from .models import cascade_from_tensors
 
 
@@ -37,15 +38,18 @@ def _layer_arrays(entry) -> tuple[np.ndarray, np.ndarray]:
 
 def load_matconvnet_stage(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read one released ``iterN_weights.mat``: {"conv{i}.weight"/"conv{i}.bias"} in PyTorch layout."""
-    from scipy.io import loadmat
-
-    mat = loadmat(str(path))
+    mat = load_mat(path)
+    if "weights" not in mat:
+        raise ValueError(f"{path}: no 'weights' variable (variables: {', '.join(sorted(mat)) or 'none'})")
     layers = np.asarray(mat["weights"]).ravel()
     if len(layers) != 6:
         raise ValueError(f"{path}: expected 6 layers, found {len(layers)}")
     out = {}
     for i, entry in enumerate(layers, start=1):
-        w, b = _layer_arrays(entry)
+        try:
+            w, b = _layer_arrays(entry)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise ValueError(f"{path}: layer {i} is not a MatConvNet {{W, b}} weights entry ({err})") from None
         if w.ndim == 3:  # last layer: Cout = 1 squeezed by MATLAB
             w = w[..., None]
         out[f"conv{i}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
@@ -69,9 +73,9 @@ def load_matconvnet_cascade(folder: str | os.PathLike, noise_level: float | None
                 break
         else:
             raise FileNotFoundError(f"no released cascade for noise {noise_level:g} under {folder}")
-    from scipy.io import loadmat
-
-    lambdas = np.asarray(loadmat(str(folder / "lambda.mat"))["lambda"], dtype=np.float64).ravel()
+    lambdas = mat_numeric(folder / "lambda.mat", "lambda").ravel()
+    if lambdas.size == 0 or np.any(lambdas <= 0):
+        raise ValueError(f"{folder / 'lambda.mat'}: the λ weights must be positive, got {lambdas.tolist()}")
     stages = sorted(folder.glob("iter*_weights.mat"), key=lambda p: int(p.name[4:].split("_")[0]))
     if not stages:
         raise ValueError(f"{folder}: no iter*_weights.mat stage files (a cascade needs at least one stage)")
