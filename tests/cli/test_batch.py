@@ -1,5 +1,8 @@
 """Batch command line: TIFF stacks, zarr, folders, atomic writes, --noise auto, --scheduler."""
 
+import subprocess
+import sys
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -303,3 +306,47 @@ def test_cli_channel_axis_with_one_kernel_per_channel(tmp_path, camera_case, kno
     assert main(base + ["-o", str(tmp_path / "st.tif"), "--channel-axis", "0", "--save-stages",
                         "--iterations", "1"]) == 0
     assert tifffile.imread(tmp_path / "st_stage1.tif").shape == img.shape
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "napari_fcnn_deblur.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_dtype_conversion_rule_as_subprocess(tmp_path, camera_case, known_model_file):
+    """float [0, 1] → uint8 is ×255 (not only 0 and 1); uint16 → uint8 maps the intensity range onto 0–255
+    (not all 255); the input's own type keeps its units; --intensity-range sets the mapped range."""
+    blurry, k, _ = camera_case
+    np.save(tmp_path / "k.npy", k)
+    common = ["-k", str(tmp_path / "k.npy"), "--model", str(known_model_file), "--iterations", "1", "-q"]
+    f32 = tmp_path / "f.tif"
+    tifffile.imwrite(f32, blurry.astype(np.float32))
+    r = _cli("deblur", str(f32), *common, "-o", str(tmp_path / "f.tif.npy"))
+    assert r.returncode == 0, r.stderr
+    ref = np.load(tmp_path / "f.tif.npy")
+    r = _cli("deblur", str(f32), *common, "-o", str(tmp_path / "f8.png"), "--dtype", "uint8")
+    assert r.returncode == 0, r.stderr
+    u8 = iio.imread(tmp_path / "f8.png")
+    assert u8.dtype == np.uint8 and len(np.unique(u8)) > 100
+    np.testing.assert_array_equal(u8, np.clip(np.rint(ref.astype(np.float64) * 255.0), 0, 255).astype(np.uint8))
+
+    offset, gain = 100, 3000  # camera-like uint16: values 100..3100
+    u16 = (blurry.clip(0, 1) * gain + offset).round().astype(np.uint16)
+    src16 = tmp_path / "u16.tif"
+    tifffile.imwrite(src16, u16)
+    r = _cli("deblur", str(src16), *common, "-o", str(tmp_path / "same.tif"), "--dtype", "uint16")
+    assert r.returncode == 0, r.stderr
+    same = tifffile.imread(tmp_path / "same.tif")
+    assert same.dtype == np.uint16 and 50 < np.median(same) < 3200  # units kept
+    r = _cli("deblur", str(src16), *common, "-o", str(tmp_path / "to8.png"), "--dtype", "uint8")
+    assert r.returncode == 0, r.stderr
+    to8 = iio.imread(tmp_path / "to8.png").astype(np.float64)
+    assert (to8 == 255).mean() < 0.05 and to8.std() > 30  # not saturated: a real 8-bit picture
+    lo, hi = np.percentile(u16, [0.05, 99.95])
+    expected = np.clip(np.rint((same.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255)
+    assert np.abs(to8 - expected).mean() < 1.0  # the same result, its intensity range onto 0–255
+    r = _cli("deblur", str(src16), *common, "-o", str(tmp_path / "fixed.png"), "--dtype", "uint8",
+             "--intensity-range", "0", "4095")
+    assert r.returncode == 0, r.stderr
+    fixed = iio.imread(tmp_path / "fixed.png").astype(np.float64)
+    assert abs(np.median(fixed) - np.median(same) * 255 / 4095) < 2  # 12-bit range onto 0–255

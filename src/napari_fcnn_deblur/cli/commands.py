@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import deblur, deblur_stages
+from ..engine.intensity import intensity_scaling
 from ..engine.layout import PlaneLayout
 from ..engine.run import DeblurRun, Progress
 from ..io.images import (
@@ -91,6 +92,17 @@ def _check_dtype_fits(dst: Path, dtype: str, image: np.ndarray) -> None:
         )
 
 
+def _conversion_range(args, image, dtype: str, rgb: bool | None) -> tuple[float, float] | None:
+    """The intensity range mapped onto an integer output type other than the input's (rule in
+    :func:`~..io.images.to_output_dtype`): ``--intensity-range``, else the one intensity rule's range."""
+    if dtype in ("float32", "input") or np.dtype(dtype) == np.dtype(image.dtype):
+        return None
+    if args.intensity_range is not None:
+        return tuple(args.intensity_range)
+    s = intensity_scaling(PlaneLayout.of(image.shape, rgb).colour(image))
+    return s.offset, s.offset + s.scale
+
+
 def _job_pairs(image: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input, output) files: one pair, or one per image of a folder (IMAGE folder → OUT folder)."""
     if image.is_dir() and not is_zarr(image):
@@ -164,7 +176,7 @@ def _cmd_deblur(args) -> int:
 def _prepare_run(args, image, kernel: np.ndarray) -> DeblurRun:
     """The run for one input (eager or dask), with the noise estimate reported when it was asked for."""
     run = DeblurRun.prepare(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                            precision=args.precision)
+                            args.intensity_range, precision=args.precision)
     if args.noise == "auto":
         _report_noise(args, run.noise_level, args.model)
     return run
@@ -186,7 +198,7 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), image)
     if args.channel_axis is not None:  # each channel its own image (kernel, noise, intensity map)
         result = deblur(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                        precision=args.precision, channel_axis=args.channel_axis)
+                        args.intensity_range, precision=args.precision, channel_axis=args.channel_axis)
         layout = PlaneLayout.of(result.shape, rgb=False)
     else:
         run = _prepare_run(args, image, kernel)
@@ -197,21 +209,22 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
         finally:
             bar.close()
     dtype = _default_dtype(dst, args.dtype)
+    vr = _conversion_range(args, image, dtype, layout.rgb)
     if is_zarr(dst):
         with zarr_output_atomic(dst, args.overwrite) as tmp:
             zarr = require("zarr")
             store, apath = create_zarr_output(
-                tmp, result.shape, to_output_dtype(result[:0], dtype, image).dtype, layout.rgb, zin
+                tmp, result.shape, to_output_dtype(result[:0], dtype, image, vr).dtype, layout.rgb, zin
             )
             arr = zarr.open_array(store, path=apath or "", mode="r+")
             if layout.rgb or result.ndim == 2:
-                write_zarr_block(arr, (slice(None),) * result.ndim, to_output_dtype(result, dtype, image))
+                write_zarr_block(arr, (slice(None),) * result.ndim, to_output_dtype(result, dtype, image, vr))
             else:
                 lead = result.shape[:-2]
                 for idx in np.ndindex(*lead):
-                    write_zarr_block(arr, idx, to_output_dtype(result[idx], dtype, image))
+                    write_zarr_block(arr, idx, to_output_dtype(result[idx], dtype, image, vr))
     else:
-        write_image_atomic(dst, to_output_dtype(result, dtype, image), args.overwrite)
+        write_image_atomic(dst, to_output_dtype(result, dtype, image, vr), args.overwrite)
 
 
 def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> None:
@@ -233,15 +246,16 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), np.zeros(0, like_dtype))
     if args.channel_axis is not None:
         result = deblur(lazy_in, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                        precision=args.precision, channel_axis=args.channel_axis)
+                        args.intensity_range, precision=args.precision, channel_axis=args.channel_axis)
         rgb = False
     else:
         run = _prepare_run(args, lazy_in, kernel)
         result = deblur_lazy(run, lazy_in)
         rgb = run.options.rgb
     dtype = _default_dtype(dst, args.dtype)
-    target = to_output_dtype(np.zeros(1, np.float32), dtype, np.zeros(1, like_dtype)).dtype
-    result = result.map_blocks(to_output_dtype, dtype, np.zeros(0, like_dtype), dtype=target)
+    vr = _conversion_range(args, lazy_in, dtype, rgb)
+    target = to_output_dtype(np.zeros(1, np.float32), dtype, np.zeros(1, like_dtype), vr).dtype
+    result = result.map_blocks(to_output_dtype, dtype, np.zeros(0, like_dtype), vr, dtype=target)
     if rgb:
         result = result.rechunk((-1, -1, -1))
     n_planes = int(np.prod(result.numblocks))
@@ -302,12 +316,14 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     # checked and the model loaded first: the stage count (default: all of the model's) names the files
     if args.channel_axis is not None:
         stages = deblur_stages(image, kernel, args.noise, args.iterations, args.device, args.model,
-                               precision=args.precision, channel_axis=args.channel_axis)
+                               intensity_range=args.intensity_range, precision=args.precision,
+                               channel_axis=args.channel_axis)
         first = next(stages)
         n_stages, stages = first.iterations, itertools.chain([first], stages)
     else:
         run = _prepare_run(args, image, kernel)
         n_stages, stages = run.iterations, run.stages(image)
+    vr = _conversion_range(args, image, dtype, None if args.channel_axis is None else False)
     stage_paths = []
     for s in range(n_stages + 1):
         p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
@@ -318,9 +334,9 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     last = None
     for res in stages:
         _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
-        write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image), args.overwrite)
+        write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image, vr), args.overwrite)
         last = res
-    write_image_atomic(out, to_output_dtype(last.image, dtype, image), args.overwrite)
+    write_image_atomic(out, to_output_dtype(last.image, dtype, image, vr), args.overwrite)
     _say(args, f"wrote {out}")
     return 0
 
@@ -457,7 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         default=None,
         choices=["float32", "input", "uint8", "uint16"],
-        help="output type: float32 (default for TIFF/NPY/zarr), input (default for PNG/JPEG), uint8 or uint16",
+        help="output type: float32 (default for TIFF/NPY/zarr; values as computed), input (default for PNG/JPEG; "
+             "the input's type and units), uint8 or uint16 (another type: the intensity range mapped to [0, 1] for "
+             "the networks -- see --intensity-range -- becomes the type's full range)",
+    )
+    d.add_argument(
+        "--intensity-range",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="intensities (in the image's units) mapped to 0 and 1 for the networks (default: [0, 1] floats as "
+             "they are, uint8 /255, others their 0.05-99.95 percentiles); also the range --dtype maps",
     )
     d.add_argument(
         "--tile-size",

@@ -30,14 +30,34 @@ def read_array(path: Path) -> np.ndarray:
     return np.asarray(iio.imread(path))
 
 
-def to_output_dtype(result: np.ndarray, dtype: str, like) -> np.ndarray:
+def to_output_dtype(result: np.ndarray, dtype: str, like, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``result`` (in the input's intensity units) converted to the output type ``dtype``.
+
+    The rule:
+
+    - ``"float32"``: the values as they are;
+    - ``"input"``, or the input's own integer type: the input's units kept, rounded and clipped to the
+      type's range;
+    - another integer type (``"uint8"``, ``"uint16"``): ``value_range = (low, high)`` in the input's units
+      (the intensity range the run mapped to [0, 1]) goes linearly onto the type's full range
+      (0–255, 0–65 535), rounded and clipped.  E.g. a float image on [0, 1] to uint8 is ×255, uint8 to
+      uint16 ×257, uint16 microscopy data to uint8 its robust 0.05–99.95 percentile range to 0–255.
+
+    ``like`` is anything with the input's ``dtype``.
+    """
     if dtype == "float32":
         return result.astype(np.float32)
-    target = like.dtype if dtype == "input" else np.dtype(dtype)
-    if np.issubdtype(target, np.integer):
-        info = np.iinfo(target)
-        return np.clip(np.rint(result), info.min, info.max).astype(target)
-    return result.astype(target)
+    source = np.dtype(like.dtype)
+    target = source if dtype == "input" else np.dtype(dtype)
+    if not np.issubdtype(target, np.integer):
+        return result.astype(target)
+    info = np.iinfo(target)
+    if target != source:
+        if value_range is None:
+            raise ValueError(f"converting {source} to {target} needs the intensity range (low, high) to map")
+        lo, hi = (float(v) for v in value_range)
+        result = (np.asarray(result, np.float64) - lo) * (float(info.max) / (hi - lo))
+    return np.clip(np.rint(result), info.min, info.max).astype(target)
 
 
 def is_zarr(path: Path) -> bool:
