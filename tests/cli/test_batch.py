@@ -139,8 +139,12 @@ def test_zarr_round_trip_and_scheduler(stack_files, tmp_path, camera_case):
         == 0
     )
     b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
-    assert b.attrs["multiscales"][0]["datasets"] == [{"path": "0"}]
+    assert b.attrs["multiscales"][0]["datasets"] == [{"path": "0"}, {"path": "1"}]  # every level written
     assert b["0"].dtype == np.uint16 and b["0"].shape == stack.shape
+    assert b["1"].dtype == np.uint16 and b["1"].shape == stack[:, ::2, ::2].shape
+    lvl0 = b["0"][...].astype(np.float64)
+    means = lvl0.reshape(lvl0.shape[0], lvl0.shape[1] // 2, 2, lvl0.shape[2] // 2, 2).mean(axis=(2, 4))
+    assert np.abs(b["1"][...] - np.rint(means)).max() <= 1  # level 1 is the 2×2 mean of the result
     expected = np.clip(np.rint(a[...]), 0, 65535).astype(np.uint16)
     assert np.abs(b["0"][...].astype(int) - expected.astype(int)).max() <= 1  # rounding of float32 round-off
 
@@ -350,3 +354,67 @@ def test_dtype_conversion_rule_as_subprocess(tmp_path, camera_case, known_model_
     assert r.returncode == 0, r.stderr
     fixed = iio.imread(tmp_path / "fixed.png").astype(np.float64)
     assert abs(np.median(fixed) - np.median(same) * 255 / 4095) < 2  # 12-bit range onto 0–255
+
+
+def _cli_meta_case(tmp_path, camera_case, known_model_file):
+    blurry, k, _ = camera_case
+    np.save(tmp_path / "k.npy", k)
+    stack = np.stack([blurry, blurry[::-1], blurry[:, ::-1], blurry]).astype(np.float32)  # Z=2 × C=2
+    common = ["-k", str(tmp_path / "k.npy"), "--model", str(known_model_file), "--iterations", "1", "-q"]
+    return stack.reshape(2, 2, *blurry.shape), common
+
+
+def test_tiff_metadata_survives_as_subprocess(tmp_path, camera_case, known_model_file):
+    """ImageJ hyperstacks keep voxel sizes, unit and labels; OME-TIFFs physical sizes and channel names;
+    plain TIFFs their resolution tags; a TIFF to .zarr becomes OME-Zarr with its scales."""
+    stack, common = _cli_meta_case(tmp_path, camera_case, known_model_file)
+    ij = tmp_path / "ij.tif"
+    tifffile.imwrite(ij, stack, imagej=True, resolution=(1 / 0.108, 1 / 0.108),
+                     metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "micron", "Labels": ["a", "b", "c", "d"]})
+    r = _cli("deblur", str(ij), *common, "-o", str(tmp_path / "ij_out.tif"))
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "ij_out.tif") as t:
+        assert t.is_imagej and t.series[0].axes == "ZCYX" and t.series[0].shape == stack.shape
+        assert t.imagej_metadata["spacing"] == 0.3 and t.imagej_metadata["unit"] == "micron"
+        assert t.imagej_metadata["Labels"] == ["a", "b", "c", "d"]
+        xr = t.pages[0].tags["XResolution"].value
+        assert abs(xr[1] / xr[0] - 0.108) < 1e-6
+
+    ome = tmp_path / "in.ome.tif"
+    tifffile.imwrite(ome, stack, metadata={"axes": "ZCYX", "PhysicalSizeX": 0.065, "PhysicalSizeY": 0.065,
+                                           "PhysicalSizeZ": 0.2, "Channel": {"Name": ["DAPI", "GFP"]}})
+    r = _cli("deblur", str(ome), *common, "-o", str(tmp_path / "ome_out.tif"), "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "ome_out.tif") as t:
+        assert t.is_ome and t.series[0].axes == "ZCYX"
+        xml = t.ome_metadata
+    assert 'PhysicalSizeX="0.065"' in xml and 'PhysicalSizeZ="0.2"' in xml
+    assert 'Name="DAPI"' in xml and 'Name="GFP"' in xml
+
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, stack[0, 0], resolution=(300, 300), resolutionunit=2)
+    r = _cli("deblur", str(plain), *common, "-o", str(tmp_path / "plain_out.tif"))
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "plain_out.tif") as t:
+        assert t.pages[0].tags["XResolution"].value == (300, 1) and t.pages[0].tags["ResolutionUnit"].value == 2
+
+
+def test_tiff_to_zarr_is_ome_zarr_with_scales_and_pyramid(tmp_path, camera_case, known_model_file, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    from napari_fcnn_deblur.io import images
+
+    monkeypatch.setattr(images, "PYRAMID_MIN_SIDE", 64)  # small test image, still two levels
+    stack, common = _cli_meta_case(tmp_path, camera_case, known_model_file)
+    ome = tmp_path / "in.ome.tif"
+    zcyx = np.ascontiguousarray(stack.transpose(1, 0, 2, 3))  # OME-Zarr wants C before Z
+    tifffile.imwrite(ome, zcyx, metadata={"axes": "CZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
+                                          "PhysicalSizeZ": 0.25, "Channel": {"Name": ["DAPI", "GFP"]}})
+    assert main(["deblur", str(ome), *common, "-o", str(tmp_path / "out.zarr")]) == 0
+    g = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["axes"][2]["unit"] == "micrometer"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales[0] == [1.0, 0.25, 0.1, 0.1] and len(scales) >= 2 and scales[1][2] == pytest.approx(0.2)
+    assert g["0"].shape == zcyx.shape and g["1"].shape == zcyx.shape[:2] + tuple((n + 1) // 2 for n in zcyx.shape[2:])
+    assert [c["label"] for c in g.attrs["ome"]["omero"]["channels"]] == ["DAPI", "GFP"]

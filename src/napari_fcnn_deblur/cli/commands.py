@@ -19,13 +19,16 @@ from ..io.images import (
     check_output_path,
     create_zarr_output,
     is_zarr,
+    ome_zarr_layout,
     open_zarr_input,
     read_array,
+    read_tiff_metadata,
     require,
     store_zarr_plane,
     to_output_dtype,
     write_image_atomic,
     write_zarr_block,
+    write_zarr_pyramid,
     zarr_output_atomic,
 )
 
@@ -211,6 +214,7 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     dtype = _default_dtype(dst, args.dtype)
     vr = _conversion_range(args, image, dtype, layout.rgb)
     if is_zarr(dst):
+        zin = zin or ome_zarr_layout(read_tiff_metadata(src), result.shape, layout.rgb)
         with zarr_output_atomic(dst, args.overwrite) as tmp:
             zarr = require("zarr")
             store, apath = create_zarr_output(
@@ -223,8 +227,10 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
                 lead = result.shape[:-2]
                 for idx in np.ndindex(*lead):
                     write_zarr_block(arr, idx, to_output_dtype(result[idx], dtype, image, vr))
+            if zin is not None and zin.levels:
+                write_zarr_pyramid(store, zin)
     else:
-        write_image_atomic(dst, to_output_dtype(result, dtype, image, vr), args.overwrite)
+        write_image_atomic(dst, to_output_dtype(result, dtype, image, vr), args.overwrite, read_tiff_metadata(src))
 
 
 def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> None:
@@ -289,6 +295,7 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
     blocks = result.to_delayed()
     starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
     if is_zarr(dst):
+        zin = zin or ome_zarr_layout(read_tiff_metadata(src), result.shape, rgb)
         with zarr_output_atomic(dst, args.overwrite) as tmp:
             store, apath = create_zarr_output(tmp, result.shape, target, rgb, zin)
             tasks = []
@@ -298,6 +305,8 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
                 )
                 tasks.append(dask.delayed(store_zarr_plane)(blocks[idx], store, apath, region))
             run(tasks)
+            if zin is not None and zin.levels:
+                write_zarr_pyramid(store, zin)
     else:
         out = np.empty(result.shape, target)
         idxs = list(np.ndindex(*blocks.shape))
@@ -306,7 +315,7 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
                 slice(int(starts[ax][i]), int(starts[ax][i] + result.chunks[ax][i])) for ax, i in enumerate(idx)
             )
             out[region] = block
-        write_image_atomic(dst, out, args.overwrite)
+        write_image_atomic(dst, out, args.overwrite, read_tiff_metadata(src))
 
 
 def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -> int:
@@ -324,6 +333,7 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
         run = _prepare_run(args, image, kernel)
         n_stages, stages = run.iterations, run.stages(image)
     vr = _conversion_range(args, image, dtype, None if args.channel_axis is None else False)
+    meta = read_tiff_metadata(image_path)
     stage_paths = []
     for s in range(n_stages + 1):
         p = out.with_name(f"{out.stem}_stage{s}{out.suffix}")
@@ -334,9 +344,9 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     last = None
     for res in stages:
         _say(args, f"stage {res.stage}/{res.iterations} done (γ = {res.gamma:.4g})")
-        write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image, vr), args.overwrite)
+        write_image_atomic(stage_paths[res.stage], to_output_dtype(res.image, dtype, image, vr), args.overwrite, meta)
         last = res
-    write_image_atomic(out, to_output_dtype(last.image, dtype, image, vr), args.overwrite)
+    write_image_atomic(out, to_output_dtype(last.image, dtype, image, vr), args.overwrite, meta)
     _say(args, f"wrote {out}")
     return 0
 
