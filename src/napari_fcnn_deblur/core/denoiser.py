@@ -32,6 +32,11 @@ RECEPTIVE_RADIUS: int = sum(k // 2 for k, _ in ARCHITECTURE)
 #: caches).  Tiles are exact: each carries a halo of the receptive-field radius.
 CPU_TILE_CORE: int = 192
 
+#: On the CPU outside autograd, a batch of small planes runs in chunks of at most this many pixels
+#: per network call (64 hidden channels of fp32: 1 GiB per activation).  The engine's plane batches
+#: stay below it; volumes seen as plane batches (hundreds of slices) are what it bounds.
+CPU_BATCH_PIXELS: int = 4 * 1024 * 1024
+
 
 class GradientDenoiser(nn.Module):
     """Fully convolutional gradient denoiser of Table 1.
@@ -140,14 +145,20 @@ def apply_network(net: nn.Module, t: torch.Tensor, channels_last: bool = True,
     unchanged): oneDNN/cuDNN run a channels_last input with contiguous weights (or the reverse)
     about 2× slower than with matching formats.  On the CPU, outside autograd, large inputs run
     plane by plane in :func:`tile_windows` of :data:`CPU_TILE_CORE` pixels plus a
-    :data:`RECEPTIVE_RADIUS` halo (the same result).
+    :data:`RECEPTIVE_RADIUS` halo (the same result), and large batches of small planes in chunks of
+    :data:`CPU_BATCH_PIXELS`.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     match_memory_format(net, fmt)
     n, _, h, w = t.shape
     core, r = CPU_TILE_CORE, RECEPTIVE_RADIUS
-    if t.device.type != "cpu" or torch.is_grad_enabled() or (h <= core + 2 * r and w <= core + 2 * r):
+    if t.device.type != "cpu" or torch.is_grad_enabled():
         return _run_net(net, t, fmt, autocast_dtype)
+    if h <= core + 2 * r and w <= core + 2 * r:
+        per = max(1, CPU_BATCH_PIXELS // (h * w))
+        if n <= per:
+            return _run_net(net, t, fmt, autocast_dtype)
+        return torch.cat([_run_net(net, t[i : i + per], fmt, autocast_dtype) for i in range(0, n, per)])
     out = None
     for i in range(n):
         for window, keep in tile_windows((h, w), core, r):
@@ -159,9 +170,15 @@ def apply_network(net: nn.Module, t: torch.Tensor, channels_last: bool = True,
     return out
 
 
+def direction_view(t: torch.Tensor, direction: int) -> torch.Tensor:
+    """``t`` as the network of gradient ``direction`` (0 = x, 1 = y, 2 = z) sees it: that axis last
+    (its own inverse)."""
+    return t if direction == 0 else t.transpose(-1, -(direction + 1))
+
+
 def plane_views(gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each gradient as the network sees it: along the last axis (a vertical gradient transposed)."""
-    return [g if i == 0 else g.transpose(-1, -(i + 1)) for i, g in enumerate(gradients)]
+    return [direction_view(g, i) for i, g in enumerate(gradients)]
 
 
 def network_input(gradient: torch.Tensor, conditions: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -179,25 +196,91 @@ def network_inputs(gradients: Sequence[torch.Tensor], conditions: Sequence[torch
     return [network_input(v, [m[i] for m in maps]) for i, v in enumerate(views)]
 
 
+class AxialPair(nn.Module):
+    """The stage networks of a volume: ``lateral`` denoises the x and y gradients (on XY planes),
+    ``axial`` the z gradient (on YZ slices, where it runs along the slice's last axis).
+
+    Axial sampling (the z step) and the PSF's axial elongation make z-gradient statistics unlike
+    lateral ones, hence a network of its own; both are :class:`GradientDenoiser` of one width and
+    input channel count.
+    """
+
+    def __init__(self, width: int = 64, in_channels: int = 1) -> None:
+        super().__init__()
+        self.lateral = GradientDenoiser(width, in_channels)
+        self.axial = GradientDenoiser(width, in_channels)
+
+    @property
+    def width(self) -> int:
+        return self.lateral.width
+
+    @property
+    def in_channels(self) -> int:
+        return self.lateral.in_channels
+
+    @classmethod
+    def from_planar(cls, planar: GradientDenoiser) -> "AxialPair":
+        """Both networks copies of a plane network (a warm start for volume training)."""
+        out = cls(planar.width, planar.in_channels).to(device=planar.convs[0].weight.device)
+        out.lateral.load_state_dict(planar.state_dict())
+        out.axial.load_state_dict(planar.state_dict())
+        return out
+
+
+def direction_networks(net: nn.Module, n: int) -> list[nn.Module]:
+    """The network for each of ``n`` gradient directions (x, y[, z]): an :class:`AxialPair` gives its
+    lateral network for x and y and its axial one for z; any other network serves every direction."""
+    if isinstance(net, AxialPair):
+        return [net.lateral if i < 2 else net.axial for i in range(n)]
+    return [net] * n
+
+
+def as_plane_batch(t: torch.Tensor) -> torch.Tensor:
+    """``(N, C, *lead, H, W)`` → ``(N · prod(lead), C, H, W)``: the planes of volumes as a batch (a view
+    for planes, ``(N, C, H, W)`` as it is)."""
+    if t.ndim == 4:
+        return t
+    n, c = t.shape[:2]
+    return t.movedim(1, -3).reshape(-1, c, *t.shape[-2:])
+
+
+def from_plane_batch(t: torch.Tensor, like_shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`as_plane_batch` for one-channel outputs: ``(M, H, W)`` → ``like_shape`` (N, *lead, H, W)."""
+    return t.reshape(tuple(like_shape))
+
+
 def denoise_gradients(net: nn.Module, gradients: Sequence[torch.Tensor], channels_last: bool = True,
                       autocast_dtype: torch.dtype | None = None,
                       conditions: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
-    """Denoise the gradients ``[g_x, g_y]`` of a batch of planes ``(N, H, W)`` with one network.
+    """Denoise the gradients ``[g_x, g_y(, g_z)]`` of a batch of planes ``(N, H, W)`` or volumes
+    ``(N, D, H, W)``.
 
-    The vertical gradient is transposed before and after the network so the
-    network only ever sees horizontal-gradient statistics (shared weights).
-    Square planes run both directions in one batch.  ``conditions``: per-pixel
-    maps on the gradients' grid (e.g. a noise map) given to a conditioned network
-    as extra input channels, each seen as the gradient is (transposed with it).
+    Every gradient is seen along its last axis (:func:`plane_views`: the vertical gradient
+    transposed, for volumes the z gradient on YZ slices) and run through the 2D network of its
+    direction (:func:`direction_networks`) as a batch of planes.  Directions with the same network
+    and plane shape run in one batch.  ``conditions``: per-pixel maps on the gradients' grid (e.g. a
+    noise map) given to a conditioned network as extra input channels, each seen as the gradient is.
     """
     inputs = network_inputs(gradients, conditions)
+    nets = direction_networks(net, len(inputs))
+    shapes = [(t.shape[0],) + tuple(t.shape[2:]) for t in inputs]
+    planes = [as_plane_batch(t) for t in inputs]
 
-    def run(t: torch.Tensor) -> torch.Tensor:
-        return apply_network(net, t, channels_last, autocast_dtype)[:, 0].contiguous()
+    def run(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        return apply_network(m, t, channels_last, autocast_dtype)[:, 0].contiguous()
 
-    if all(t.shape == inputs[0].shape for t in inputs):
-        both = run(torch.cat(inputs, dim=0))
-        outs = list(both.split(inputs[0].shape[0], dim=0))
-    else:
-        outs = [run(t) for t in inputs]
-    return plane_views(outs)
+    outs: list[torch.Tensor | None] = [None] * len(planes)
+    done: set[int] = set()
+    for i in range(len(planes)):
+        if i in done:
+            continue
+        group = [j for j in range(i, len(planes))
+                 if j not in done and nets[j] is nets[i] and planes[j].shape == planes[i].shape]
+        done.update(group)
+        if len(group) == 1:
+            outs[i] = run(nets[i], planes[i])
+        else:
+            both = run(nets[i], torch.cat([planes[j] for j in group], dim=0))
+            for j, o in zip(group, both.split(planes[i].shape[0], dim=0)):
+                outs[j] = o
+    return plane_views([from_plane_batch(o, sh) for o, sh in zip(outs, shapes)])
