@@ -9,17 +9,17 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def prepare_kernel(kernel, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+def prepare_kernel(kernel, image_shape: tuple[int, ...] | None = None, ndim: int = 2) -> np.ndarray:
     """Check a blur kernel and bring it to the engine's convention.
 
-    The engine wants a 2D, non-negative, odd-sized kernel summing to 1 whose
-    middle pixel is the centre of the blur.  This function
+    The engine wants a non-negative, odd-sized kernel of ``ndim`` axes (2: (Y, X) for planes,
+    3: (Z, Y, X) for volumes) summing to 1 whose middle pixel is the centre of the blur.  This function
 
-    - rejects what cannot be a kernel (not 2D, empty, NaN/inf, negative mass,
+    - rejects what cannot be a kernel (wrong number of axes, empty, NaN/inf, negative mass,
       all zero, larger than the image) with a ``ValueError``;
     - clips tiny negative values (noise in a measured PSF, below 1 % of the
       peak) to zero;
-    - pads even sides with one zero row/column at the end, so the pixel
+    - pads even sides with one zero row/column (plane) at the end, so the pixel
       ``(h // 2, w // 2)`` stays the centre (the usual convention of
       ``psf2otf`` and of a *valid* convolution);
     - normalises to sum 1 (logged when the sum was not already 1).
@@ -33,13 +33,15 @@ def prepare_kernel(kernel, image_shape: tuple[int, int] | None = None) -> np.nda
     k = np.asarray(kernel)
     if k.dtype == bool or not (np.issubdtype(k.dtype, np.number)) or np.iscomplexobj(k):
         raise ValueError(f"the kernel must be a real numeric array, got dtype {k.dtype}")
-    while k.ndim > 2 and k.shape[0] == 1:  # e.g. a (1, kh, kw) PSF stack of one plane
+    while k.ndim > ndim and k.shape[0] == 1:  # e.g. a (1, kh, kw) PSF stack of one plane
         k = k[0]
-    if k.ndim != 2:
-        raise ValueError(
-            f"the kernel must be a 2D array (Y, X), got shape {np.shape(kernel)}; "
-            "for a 3D PSF pass one plane, for an RGB image convert it to grey"
-        )
+    if k.ndim != ndim:
+        if ndim == 2:
+            raise ValueError(
+                f"the kernel must be a 2D array (Y, X), got shape {np.shape(kernel)}; "
+                "for a 3D PSF give a z-stack (Z, Y, X) image to deconvolve volumetrically, or pass one plane"
+            )
+        raise ValueError(f"a volume's PSF must be a 3D array (Z, Y, X), got shape {np.shape(kernel)}")
     if k.size == 0:
         raise ValueError("the kernel is empty")
     k = k.astype(np.float64)
@@ -62,13 +64,14 @@ def prepare_kernel(kernel, image_shape: tuple[int, int] | None = None) -> np.nda
         total = k.sum()
     if total <= 0:
         raise ValueError("the kernel sums to zero: a blur kernel needs positive total mass")
-    if image_shape is not None and (k.shape[0] > image_shape[0] or k.shape[1] > image_shape[1]):
+    if image_shape is not None and any(a > b for a, b in zip(k.shape, image_shape[-ndim:])):
+        what = "image" if ndim == 2 else "volume"
         raise ValueError(
-            f"the kernel ({k.shape[0]}×{k.shape[1]}) is larger than the image "
-            f"({image_shape[0]}×{image_shape[1]}); crop the kernel or use a larger image"
+            f"the kernel ({'×'.join(map(str, k.shape))}) is larger than the {what} "
+            f"({'×'.join(map(str, image_shape[-ndim:]))}); crop the kernel or use a larger {what}"
         )
-    pad = ((0, 1 - k.shape[0] % 2), (0, 1 - k.shape[1] % 2))
-    if pad != ((0, 0), (0, 0)):
+    pad = tuple((0, 1 - n % 2) for n in k.shape)
+    if any(p[1] for p in pad):
         k = np.pad(k, pad)
     if abs(total - 1.0) > 1e-3:
         logger.info("kernel normalised to sum 1 (its sum was %.4g)", total)

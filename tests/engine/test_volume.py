@@ -1,0 +1,112 @@
+"""Volumetric runs: camera z-stacks in their own units, PSF resampling, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+from napari_fcnn_deblur.core.denoiser import GradientDenoiser
+from napari_fcnn_deblur.core.volumetric import VolumeCascade
+from napari_fcnn_deblur.data.phantoms import blur_volume, phantom_3d
+from napari_fcnn_deblur.data.psf3d import resample_psf, widefield_psf_3d
+from napari_fcnn_deblur.engine.volume import VolumeRun, volume_kernel
+
+
+@pytest.fixture(scope="module")
+def soft_volume_cascade():
+    """A narrow volume cascade whose networks soft-threshold the gradient (hand-set, see conftest)."""
+    from conftest import soft_threshold_cascade
+
+    planar = NoiseMapCascade(3, width=2)
+    plain = soft_threshold_cascade(thresholds=(0.01, 0.005, 0.0025))
+    for s in range(3):
+        planar.denoisers[s].load_state_dict(GradientDenoiser.from_plain(plain.denoisers[s]).state_dict())
+    with torch.no_grad():
+        planar.gamma_coeffs.zero_()
+        planar.gamma_coeffs[:, 0] = torch.log(torch.tensor([300.0, 200.0, 200.0, 200.0]))
+    return VolumeCascade.from_planar(planar)
+
+
+@pytest.fixture(scope="module")
+def camera_stack():
+    psf = widefield_psf_3d((7, 11, 11), (0.3, 0.1, 0.1), 1.2, 0.52, 1.333)
+    vol = phantom_3d((22, 44, 44), "filaments", density=0.6, seed=3)
+    data, sharp = blur_volume(vol, psf, photons=300.0, read_noise=1.0, offset=100.0, rng=np.random.default_rng(0),
+                              uint16=True)
+    return data, psf, sharp
+
+
+def _psnr(units, sharp, photons=300.0, offset=100.0):
+    x = (np.asarray(units, np.float64) - offset) / photons
+    return 10 * np.log10(1.0 / np.mean((x - sharp) ** 2))
+
+
+def test_auto_noise_volume_gains_over_the_blurry_stack(soft_volume_cascade, camera_stack):
+    data, psf, sharp = camera_stack
+    y = ((data.astype(np.float32) - 100) / 300).astype(np.float32)  # on [0, 1]: the intensity map is the identity
+    run = VolumeRun.prepare(y, psf, "auto", model=soft_volume_cascade, device="cpu")
+    results = list(run.steps(y, keep_gradients=True))
+    assert [r.stage for r in results] == [0, 1, 2, 3]
+    last = results[-1]
+    assert last.image.shape == y.shape and last.image.dtype == np.float32
+    assert _psnr(last.image, sharp, 1, 0) > _psnr(y, sharp, 1, 0) + 2.0
+    assert last.grad_z is not None and last.grad_z.shape == y.shape and results[0].grad_z is None
+    assert run.noise.estimated and run.noise.kind == "poisson-gaussian", run.noise.describe()
+
+
+def test_uint16_camera_stack_runs_on_the_engine_scale_and_returns_its_units(soft_volume_cascade, camera_stack):
+    data, psf, _ = camera_stack
+    run = VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, device="cpu")
+    sc = run.options.scaling
+    assert sc.offset > 50  # the camera offset is mapped to ~0
+    out = run.deblur(data)
+    with torch.no_grad():
+        core = list(soft_volume_cascade.run(torch.from_numpy(sc.forward(data))[None], torch.from_numpy(run.options.kernel),
+                                            0.02))[-1].image[0].numpy()
+    np.testing.assert_allclose(out, sc.inverse(core), rtol=1e-5, atol=1e-2)
+    assert abs(float(np.median(out)) - float(np.median(data))) < 10  # in camera units, offset kept
+
+
+def test_a_stack_of_volumes_runs_each_volume(soft_volume_cascade, camera_stack):
+    data, psf, _ = camera_stack
+    run = VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, device="cpu", iterations=1)
+    one = run.deblur(data)
+    two = run.deblur(np.stack([data, data]))
+    assert two.shape == (2,) + data.shape
+    np.testing.assert_allclose(two[0], one, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(two[1], one, rtol=1e-5, atol=1e-3)
+
+
+def test_psf_at_another_voxel_size_is_resampled():
+    psf = widefield_psf_3d((9, 15, 15), (0.15, 0.05, 0.05), 1.2, 0.52, 1.333)
+    k = volume_kernel(psf, (30, 60, 60), spacing=(0.3, 0.1, 0.1), psf_spacing=(0.15, 0.05, 0.05))
+    expected = resample_psf(psf, (0.15, 0.05, 0.05), (0.3, 0.1, 0.1))
+    assert k.shape == expected.shape and k.shape[1] < psf.shape[1]
+    np.testing.assert_allclose(k, expected / expected.sum(), atol=1e-6)
+    same = volume_kernel(psf, (30, 60, 60), spacing=(0.15, 0.05, 0.05), psf_spacing=(0.15, 0.05, 0.05))
+    np.testing.assert_allclose(same, psf / psf.sum(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "image, kernel, kw, message",
+    [
+        (np.ones((40, 40)), np.ones((3, 5, 5)), {}, "needs a volume"),
+        (np.ones((10, 40, 40)), np.ones((13, 5, 5)), {}, "larger than the volume"),
+        (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"psf_spacing": (0.2, 0.1, 0.1)}, "not the image's spacing"),
+        (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"spacing": (0.2, -1, 0.1)}, "positive voxel sizes"),
+        (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"noise_level": np.ones((10, 40))}, "noise map must have"),
+    ],
+)
+def test_clear_errors(soft_volume_cascade, image, kernel, kw, message):
+    with pytest.raises(ValueError, match=message):
+        VolumeRun.prepare(image, kernel, model=soft_volume_cascade, **kw)
+
+
+def test_a_2d_cascade_is_refused_for_a_volume(camera_stack):
+    from conftest import soft_threshold_cascade
+
+    data, psf, _ = camera_stack
+    with pytest.raises(ValueError, match="needs a volume cascade"):
+        VolumeRun.prepare(data, psf, 0.01, model=soft_threshold_cascade())
