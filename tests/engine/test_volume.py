@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
-from napari_fcnn_deblur.core.denoiser import GradientDenoiser
-from napari_fcnn_deblur.core.volumetric import VolumeCascade
 from napari_fcnn_deblur.data.phantoms import blur_volume, phantom_3d
 from napari_fcnn_deblur.data.psf3d import resample_psf, widefield_psf_3d
 from napari_fcnn_deblur.engine.volume import VolumeRun, volume_kernel
@@ -16,17 +13,9 @@ from napari_fcnn_deblur.engine.volume import VolumeRun, volume_kernel
 
 @pytest.fixture(scope="module")
 def soft_volume_cascade():
-    """A narrow volume cascade whose networks soft-threshold the gradient (hand-set, see conftest)."""
-    from conftest import soft_threshold_cascade
+    from conftest import soft_volume_cascade as make
 
-    planar = NoiseMapCascade(3, width=2)
-    plain = soft_threshold_cascade(thresholds=(0.01, 0.005, 0.0025))
-    for s in range(3):
-        planar.denoisers[s].load_state_dict(GradientDenoiser.from_plain(plain.denoisers[s]).state_dict())
-    with torch.no_grad():
-        planar.gamma_coeffs.zero_()
-        planar.gamma_coeffs[:, 0] = torch.log(torch.tensor([300.0, 200.0, 200.0, 200.0]))
-    return VolumeCascade.from_planar(planar)
+    return make()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def test_auto_noise_volume_gains_over_the_blurry_stack(soft_volume_cascade, came
     data, psf, sharp = camera_stack
     y = ((data.astype(np.float32) - 100) / 300).astype(np.float32)  # on [0, 1]: the intensity map is the identity
     run = VolumeRun.prepare(y, psf, "auto", model=soft_volume_cascade, device="cpu")
-    results = list(run.steps(y, keep_gradients=True))
+    results = list(run.stages(y))
     assert [r.stage for r in results] == [0, 1, 2, 3]
     last = results[-1]
     assert last.image.shape == y.shape and last.image.dtype == np.float32
@@ -95,7 +84,7 @@ def test_psf_at_another_voxel_size_is_resampled():
         (np.ones((40, 40)), np.ones((3, 5, 5)), {}, "needs a volume"),
         (np.ones((10, 40, 40)), np.ones((13, 5, 5)), {}, "larger than the volume"),
         (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"psf_spacing": (0.2, 0.1, 0.1)}, "not the image's spacing"),
-        (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"spacing": (0.2, -1, 0.1)}, "positive voxel sizes"),
+        (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"spacing": (0.2, -1, 0.1)}, "3 positive sizes"),
         (np.ones((10, 40, 40)), np.ones((3, 5, 5)), {"noise_level": np.ones((10, 40))}, "noise map must have"),
     ],
 )

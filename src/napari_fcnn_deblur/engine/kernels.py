@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -76,3 +77,41 @@ def prepare_kernel(kernel, image_shape: tuple[int, ...] | None = None, ndim: int
     if abs(total - 1.0) > 1e-3:
         logger.info("kernel normalised to sum 1 (its sum was %.4g)", total)
     return (k / total).astype(np.float32)
+
+
+def check_spacing(spacing, ndim: int, what: str = "spacing") -> tuple[float, ...] | None:
+    """A voxel/pixel size of ``ndim`` positive finite numbers ((dz,) dy, dx), or None."""
+    if spacing is None:
+        return None
+    names = "(dz, dy, dx)" if ndim == 3 else "(dy, dx)"
+    try:
+        vals = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be {ndim} sizes {names}, got {spacing!r}") from None
+    if len(vals) != ndim or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"{what} must be {ndim} positive sizes {names}, got {spacing!r}")
+    return vals
+
+
+def kernel_on_grid(kernel, image_shape: tuple[int, ...] | None, ndim: int = 2, spacing=None,
+                   psf_spacing=None) -> np.ndarray:
+    """:func:`prepare_kernel`, after resampling a PSF recorded at ``psf_spacing`` to the image's ``spacing``.
+
+    Both are pixel/voxel sizes in one unit, ``ndim`` values each ((dz,) dy, dx).  A PSF spacing
+    without the image's is refused (the PSF would be used on the wrong grid); equal spacings (within
+    0.1 %) leave the kernel as it is.  Resampling keeps the PSF's physical size and its centre
+    (:func:`napari_fcnn_deblur.data.psf3d.resample_psf`).
+    """
+    spacing = check_spacing(spacing, ndim, "spacing")
+    psf_spacing = check_spacing(psf_spacing, ndim, "psf_spacing")
+    if psf_spacing is not None:
+        if spacing is None:
+            raise ValueError("psf_spacing was given but not the image's spacing: the PSF cannot be resampled to "
+                             "the image's grid")
+        if not np.allclose(psf_spacing, spacing, rtol=1e-3):
+            from ..data.psf3d import resample_psf
+
+            k = prepare_kernel(kernel, None, ndim)  # validated and odd before resampling
+            kernel = resample_psf(k, psf_spacing, spacing)
+            logger.info("PSF resampled from spacing %s to %s: shape %s", psf_spacing, spacing, kernel.shape)
+    return prepare_kernel(kernel, image_shape, ndim)

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from ..core.volumetric import VolumeCascade
-from ..data.psf3d import resample_psf
-from ..io.models import load_cached, volume_model_path
+from ..io.models import MODEL_NAMES, load_cached, volume_model_path
 from .devices import check_precision, resolve_device
 from .intensity import IntensityScaling, intensity_scaling
-from .kernels import prepare_kernel
+from .kernels import kernel_on_grid
 from .layout import PlaneLayout
 from .noise import NoiseLevel
 from .run import Progress, StageResult, check_finite, check_image, decide_noise, is_auto, model_on
@@ -39,39 +38,12 @@ from .run import Progress, StageResult, check_finite, check_image, decide_noise,
 logger = logging.getLogger(__name__)
 
 
-def check_spacing(spacing, what: str) -> tuple[float, float, float] | None:
-    """A voxel size (dz, dy, dx) of positive finite numbers, or None."""
-    if spacing is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be three voxel sizes (dz, dy, dx), got {spacing!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise ValueError(f"{what} must be three positive voxel sizes (dz, dy, dx), got {spacing!r}")
-    return vals
-
-
 def volume_kernel(kernel, volume_shape: tuple[int, int, int], spacing=None, psf_spacing=None) -> np.ndarray:
-    """The 3D PSF on the image's voxel grid: validated, resampled when its voxel size differs, odd, sum 1.
-
-    Raises ``ValueError`` for a PSF that is not 3D, a PSF spacing without the image's spacing, or a
-    PSF larger than the volume.
-    """
-    spacing = check_spacing(spacing, "spacing")
-    psf_spacing = check_spacing(psf_spacing, "psf_spacing")
+    """The 3D PSF on the image's voxel grid (:func:`~.kernels.kernel_on_grid` with three axes)."""
     k = np.asarray(kernel)
     if k.ndim != 3:
         raise ValueError(f"a volume's PSF must be 3D (Z, Y, X), got shape {k.shape}")
-    if psf_spacing is not None:
-        if spacing is None:
-            raise ValueError("psf_spacing was given but not the image's spacing (dz, dy, dx): the PSF cannot be "
-                             "resampled to the image's voxel grid")
-        if not np.allclose(psf_spacing, spacing, rtol=1e-3):
-            k = prepare_kernel(k, None, ndim=3)  # validated (and odd) before resampling
-            k = resample_psf(k, psf_spacing, spacing)
-            logger.info("PSF resampled from voxels %s to %s: shape %s", psf_spacing, spacing, k.shape)
-    return prepare_kernel(k, volume_shape, ndim=3)
+    return kernel_on_grid(k, volume_shape, 3, spacing, psf_spacing)
 
 
 @dataclass(frozen=True)
@@ -96,6 +68,9 @@ def resolve_volume_model(model) -> VolumeCascade:
         cascade = load_cached(path)
     elif isinstance(model, VolumeCascade):
         cascade = model
+    elif isinstance(model, str) and model.strip().lower() in MODEL_NAMES:
+        raise ValueError(f"model={model!r} names 2D cascades; a 3D PSF needs a volume cascade (model=None for the "
+                         "shipped one, or a volume cascade file)")
     elif isinstance(model, (str, os.PathLike)):
         cascade = load_cached(model)
     else:
@@ -185,50 +160,70 @@ class VolumeRun:
                 grads = [crop(g)[0].float().cpu().numpy() * np.float32(sc.scale) for g in st.gradients]
             yield st.stage, img, grads, gammas[st.stage]
 
-    def steps(self, image, progress: Callable[[Progress], None] | None = None,
-              keep_gradients: bool = False) -> Iterator[StageResult]:
-        """Yield a :class:`~.run.StageResult` per step (initial deconvolution, then each stage) for the whole
-        image; a stack of several volumes is run volume by volume and yielded when all are done."""
+    def steps(self, image, keep_gradients: bool = True) -> Iterator[Progress | StageResult]:
+        """Every step on ``image``: :class:`~.run.Progress` items (volume-steps) and a
+        :class:`~.run.StageResult` per step (initial deconvolution, then each stage) for the whole image.
+
+        One volume yields each stage as soon as it is done; a stack of several volumes runs volume by
+        volume and yields the stages when all volumes are done.  Closing the generator stops the work.
+        Inference mode is entered around each step, never across a yield.
+        """
         shape = tuple(image.shape)
-        lead = shape[:-3]
-        n = math.prod(lead)
+        n = math.prod(shape[:-3])
         total = n * (self.iterations + 1)
-        with torch.inference_mode():
-            if n == 1:
-                vol = np.asarray(image[...]).reshape(shape[-3:])
-                for done, (s, img, grads, g) in enumerate(self._volume_stages(vol, 0, 1, keep_gradients), start=1):
-                    if progress is not None:
-                        progress(Progress(done, total))
-                    yield self._result(s, img.reshape(shape), grads, g, shape)
-                return
-            flat = np.asarray(image[...]).reshape((n,) + shape[-3:])
-            outs = [np.empty((n,) + shape[-3:], np.float32) for _ in range(self.iterations + 1)]
-            gouts = [None] * (self.iterations + 1)
-            done = 0
-            for v in range(n):
-                for s, img, grads, g in self._volume_stages(flat[v], v, n, keep_gradients):
-                    outs[s][v] = img
-                    if grads is not None:
-                        if gouts[s] is None:
-                            gouts[s] = [np.empty((n,) + shape[-3:], np.float32) for _ in grads]
-                        for dst, src in zip(gouts[s], grads):
-                            dst[v] = src
-                    done += 1
-                    if progress is not None:
-                        progress(Progress(done, total))
+        flat = np.asarray(image[...]).reshape((n,) + shape[-3:])
+        outs: list[np.ndarray | None] = [None] * (self.iterations + 1)
+        gouts: list[list[np.ndarray] | None] = [None] * (self.iterations + 1)
+        gammas = [float("nan")] * (self.iterations + 1)
+        done = 0
+        for v in range(n):
+            gen = self._volume_stages(flat[v], v, n, keep_gradients)
+            while True:
+                with torch.inference_mode():
+                    item = next(gen, None)
+                if item is None:
+                    break
+                s, img, grads, g = item
+                done += 1
+                gammas[s] = g
+                yield Progress(done, total)
+                if n == 1:
+                    yield self._result(s, img, grads, g, shape)
+                    continue
+                if outs[s] is None:
+                    outs[s] = np.empty((n,) + shape[-3:], np.float32)
+                outs[s][v] = img
+                if grads is not None:
+                    if gouts[s] is None:
+                        gouts[s] = [np.empty((n,) + shape[-3:], np.float32) for _ in grads]
+                    for dst, src in zip(gouts[s], grads):
+                        dst[v] = src
+        if n > 1:
             for s in range(self.iterations + 1):
-                grads = None if gouts[s] is None else [a.reshape(shape) for a in gouts[s]]
-                yield self._result(s, outs[s].reshape(shape), grads, g, shape)
+                yield self._result(s, outs[s], gouts[s], gammas[s], shape)
+
+    def stages(self, image, progress: Callable[[Progress], None] | None = None,
+               keep_gradients: bool = True) -> Iterator[StageResult]:
+        """:meth:`steps` without the progress items (reported to ``progress`` when given)."""
+        for item in self.steps(image, keep_gradients):
+            if isinstance(item, StageResult):
+                yield item
+            elif progress is not None:
+                progress(item)
 
     def _result(self, stage: int, img: np.ndarray, grads, gamma: float, shape) -> StageResult:
-        gx, gy, gz = (None, None, None) if grads is None else (grads[0].reshape(shape), grads[1].reshape(shape),
-                                                               grads[2].reshape(shape))
-        return StageResult(stage, img, gx, gy, self.iterations, gamma, self.noise.sigma, noise=self.noise,
-                           model="volume cascade", grad_z=gz)
+        gx, gy, gz = (None, None, None) if grads is None else (g.reshape(shape) for g in grads)
+        return StageResult(stage, img.reshape(shape), gx, gy, self.iterations, gamma, self.noise.sigma,
+                           noise=self.noise, model=self.model_description, grad_z=gz)
+
+    @property
+    def model_description(self) -> str:
+        src = self.options.model
+        return "the shipped volume cascade" if src is None else f"volume cascade {src if isinstance(src, str) else 'given'}"
 
     def deblur(self, image, progress: Callable[[Progress], None] | None = None) -> np.ndarray:
         """The final volume(s), float32, the input's shape and units."""
         last = None
-        for last in self.steps(image, progress):
+        for last in self.stages(image, progress, keep_gradients=False):
             pass
         return last.image
