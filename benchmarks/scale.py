@@ -20,9 +20,24 @@ Protocol (also written into the report):
    1 and then 2 workers.  The workers are started and have imported torch and
    the package before the clock starts; the time includes the CLI's own start.
    Reported: wall time, speed-up, and whether the two outputs are identical.
+3. Widget memory.  (Z, Y, X) uint16 stacks (``--widget-stack``, default
+   8,256,256 and 16,256,256; camera crops, same kernel, 1 % noise) are
+   deblurred whole with per-stage and gradient results, in a fresh process
+   each: (a) as the napari widget's whole-layer run does (its worker,
+   ``_widget._deblur_items``: chunks of planes; the last stage in memory, the
+   intermediate stages and the gradients in ``.npy`` files shown
+   memory-mapped), and (b) keeping every stage in memory
+   (``list(deblur_stages(...))``, how the widget ran before).  Reported: the
+   peak resident memory above the process's memory just before the run
+   (``VmHWM`` reset through ``/proc/self/clear_refs``; torch's buffers
+   included), and, from two depths, how much it grows per byte of the stack in
+   float32 (the fixed rest is one chunk's working memory, mostly the networks'
+   ~1 kB per pixel of a plane or tile).  Target: growth under 2.5 × the float32
+   size.
 
-The report replaces the ``## Scale`` section of ``--out`` (other sections are
-kept).  The shipped models are used unless ``--model`` is given.
+The report replaces the ``## Scale`` section of ``--out`` (parts 1 and 2, when
+run) and its ``## Widget memory`` section (part 3), keeping the others.  The
+shipped models are used unless ``--model`` is given.
 
 Full run (long on a CPU: tens of minutes)::
 
@@ -30,7 +45,8 @@ Full run (long on a CPU: tens of minutes)::
 
 Quick check::
 
-    python benchmarks/scale.py --model PATH.safetensors --sizes 512 --stack 2,256,256 --out /tmp/bench.md
+    python benchmarks/scale.py --model PATH.safetensors --sizes 512 --stack 2,256,256 \
+        --widget-stack 4,128,128 8,128,128 --out /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Scale"
+WIDGET_SECTION = "## Widget memory"
 GIB = 1024**3
 NOISE = 0.01
 
@@ -107,6 +124,26 @@ def peak_rss() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB elsewhere
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes (``VmRSS``; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def child_main(args) -> int:
     import torch
 
@@ -157,6 +194,117 @@ def run_plane(size: int, model: str, tile_size: int | None, iterations: int, thr
     return res
 
 
+# ----------------------------------------------------------------------------- widget memory
+
+
+def child_widget_main(args) -> int:
+    """One whole-stack run with per-stage and gradient results (``--child-mode widget | in-memory``)."""
+    import torch
+
+    from napari_fcnn_deblur import deblur, deblur_stages
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stack = np.load(args.child_widget_stack)
+    kernel = np.load(args.kernel)
+    deblur(stack[0, :64, :64], kernel, NOISE, 1, "cpu", args.model)  # warm: torch's first-call costs are not the run's
+    keep = []
+    if args.child_mode == "widget":
+        from napari_fcnn_deblur import _widget as widget
+
+        folder = widget._ScratchFolder()
+        job = widget._Job("stack", stack, False, kernel, NOISE, args.iterations, "cpu", Path(args.model), (), False,
+                          gradients=True, scratch=folder.new_run())
+        run = widget._deblur_items(job)
+    else:
+        run = deblur_stages(stack, kernel, NOISE, args.iterations, "cpu", args.model)
+    exact = reset_peak_rss()
+    base = current_rss()
+    t0 = time.perf_counter()
+    for item in run:  # what the widget's layers hold: every stage (and its gradients) until the end
+        if getattr(item, "message", None):
+            raise SystemExit(item.message)
+        keep.append(item)
+    sec = time.perf_counter() - t0
+    print(json.dumps({"sec": sec, "peak_above_start": peak_rss() - base, "exact_peak": exact,
+                      "float32_bytes": stack.size * 4, "stages": len(keep), "threads": torch.get_num_threads()}))
+    return 0
+
+
+def run_widget_stack(zyx: tuple[int, int, int], model: str, iterations: int, threads: int | None, work: Path) -> dict:
+    kernel = test_kernel()
+    z, y, x = zyx
+    stack = np.empty(zyx, np.uint16)
+    for i in range(z):
+        plane = make_plane((y, x), kernel, seed=2000 + i, offset=(37 * i, 53 * i))
+        stack[i] = np.clip(np.rint(plane * 4000 + 100), 0, 65535).astype(np.uint16)
+    src, k_path = work / "widget_stack.npy", work / "kernel.npy"
+    np.save(src, stack)
+    np.save(k_path, kernel)
+    del stack
+    runs = {}
+    for mode in ("widget", "in-memory"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-widget-stack", str(src), "--kernel", str(k_path),
+               "--child-mode", mode, "--model", model, "--iterations", str(iterations)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"widget-memory child ({mode}) failed:\n{r.stderr[-3000:]}")
+        runs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+    src.unlink()
+    return {"shape": list(zyx), "runs": runs}
+
+
+def widget_report(args, results: list[dict], env: str) -> str:
+    lines = [
+        WIDGET_SECTION,
+        "",
+        f"Made by `benchmarks/scale.py` on {datetime.date.today().isoformat()} ({env}).  Model: "
+        f"`{Path(args.model).name if args.model else 'shipped'}`, {args.iterations} stages, CPU.",
+        "",
+        "uint16 stacks deblurred whole with every stage and its gradients kept, in a fresh process per row.  Peak: "
+        "the process's peak resident memory above its memory just before the run (`VmHWM` reset through "
+        "`/proc/self/clear_refs`; numpy and torch buffers; the stack itself was loaded before).",
+        "",
+        "| run | kept in memory | stack | float32 size | peak above start | × float32 size | time |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    what = {
+        "widget": ("napari widget, whole layer (its worker `_widget._deblur_items`)",
+                   "last stage; intermediate stages and gradients on disk (memory-mapped)"),
+        "in-memory": ("`list(deblur_stages(...))` (how the widget ran before)", "every stage and gradient"),
+    }
+    for mode, (name, kept) in what.items():
+        for res in results:
+            r, shape = res["runs"][mode], " × ".join(map(str, res["shape"]))
+            f32 = r["float32_bytes"]
+            exact = "" if r["exact_peak"] else " (upper bound: VmHWM not reset)"
+            lines.append(f"| {name} | {kept} | {shape} | {f32 / 2**20:.1f} MiB | {r['peak_above_start'] / 2**20:.0f} MiB"
+                         f"{exact} | {r['peak_above_start'] / f32:.2f} × | {r['sec']:.0f} s |")
+    if len(results) >= 2:
+        lo, hi = results[0]["runs"], results[-1]["runs"]
+        lines.append("")
+        for mode, (name, _) in what.items():
+            d_f32 = hi[mode]["float32_bytes"] - lo[mode]["float32_bytes"]
+            slope = (hi[mode]["peak_above_start"] - lo[mode]["peak_above_start"]) / d_f32
+            fixed = lo[mode]["peak_above_start"] - slope * lo[mode]["float32_bytes"]
+            lines.append(f"- {name}: peak ≈ {fixed / 2**20:.0f} MiB + {slope:.2f} × the stack's float32 size.")
+            if mode == "widget":
+                ok = slope < 2.5
+                lines.append(f"  Target (growth under 2.5 × the float32 size): **{'met' if ok else 'not met'}**; "
+                             f"an 800 MB uint16 stack (1.6 GB in float32) would need ≈ "
+                             f"{(fixed + slope * 1.6e9) / 1e9:.1f} GB.")
+            else:
+                lines.append(f"  An 800 MB uint16 stack would need ≈ {(fixed + slope * 1.6e9) / 1e9:.1f} GB.")
+    lines.append("")
+    cmd = "python benchmarks/scale.py" + (f" --model {args.model}" if args.model else "")
+    cmd += f" --sizes --stack none --widget-stack {' '.join(args.widget_stack)}"
+    cmd += f" --threads {args.threads}" if args.threads else ""
+    lines += [f"Command: `{cmd}`.", ""]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- stack on a cluster
 
 
@@ -204,11 +352,11 @@ def run_stack(zyx: tuple[int, int, int], model: str, iterations: int, work: Path
 # ----------------------------------------------------------------------------- report
 
 
-def replace_section(path: Path, body: str) -> None:
+def replace_section(path: Path, body: str, heading: str = SECTION) -> None:
     sys.path.insert(0, str(HERE))
     from markdown_sections import replace_section as _replace
 
-    _replace(path, body, SECTION)
+    _replace(path, body, heading)
 
 
 def machine() -> str:
@@ -301,6 +449,8 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, help="cascade file (.safetensors); default: the shipped models")
     ap.add_argument("--sizes", type=int, nargs="*", default=[4096, 8192], help="plane sides (default 4096 8192)")
     ap.add_argument("--stack", default="20,1024,1024", help="Z,Y,X of the CLI stack test, or 'none'")
+    ap.add_argument("--widget-stack", nargs="*", default=["8,256,256", "16,256,256"],
+                    help="Z,Y,X of the widget memory stacks (two depths give the growth per byte), or none")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--tile-size", type=int, default=None, help="tile side for the planes (default: automatic)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the plane runs (default: torch's)")
@@ -309,6 +459,8 @@ def parse_args(argv=None):
     # child mode (internal)
     ap.add_argument("--child-image", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--kernel", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-widget-stack", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-mode", default="widget", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -334,12 +486,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child_image:
         return child_main(args)
+    if args.child_widget_stack:
+        return child_widget_main(args)
     args.model = resolve_model(args.model)
     stack_shape = None
+    widget_shapes = []
     if args.stack and args.stack.lower() != "none":
         stack_shape = tuple(int(v) for v in args.stack.split(","))
         if len(stack_shape) != 3:
             raise SystemExit("error: --stack takes Z,Y,X")
+    for text in args.widget_stack if args.widget_stack != ["none"] else []:
+        shape = tuple(int(v) for v in text.split(","))
+        if len(shape) != 3 or shape[0] < 2:
+            raise SystemExit("error: --widget-stack takes Z,Y,X (Z ≥ 2) values")
+        widget_shapes.append(shape)
     import torch
 
     from napari_fcnn_deblur.engine.tiles import auto_tile_size
@@ -365,10 +525,22 @@ def main(argv=None) -> int:
             for n, r in stack["runs"].items():
                 print(f"  {n} worker(s): {r['sec']:.1f} s", flush=True)
             print(f"  identical outputs: {stack['identical']} (max |Δ| {stack['max_abs_diff']:.3g})", flush=True)
-    body = report(args, planes, stack, tile, env)
-    print(body)
-    replace_section(args.out, body)
-    print(f"wrote the '{SECTION}' section of {args.out}")
+        widget = []
+        for shape in widget_shapes:
+            print(f"widget memory: stack {shape}, whole layer with gradients …", flush=True)
+            widget.append(run_widget_stack(shape, args.model, args.iterations, args.threads, work))
+            for mode, r in widget[-1]["runs"].items():
+                print(f"  {mode}: peak {r['peak_above_start'] / 2**20:.0f} MiB above start", flush=True)
+    if planes or stack:
+        body = report(args, planes, stack, tile, env)
+        print(body)
+        replace_section(args.out, body)
+        print(f"wrote the '{SECTION}' section of {args.out}")
+    if widget:
+        body = widget_report(args, widget, env)
+        print(body)
+        replace_section(args.out, body, WIDGET_SECTION)
+        print(f"wrote the '{WIDGET_SECTION}' section of {args.out}")
     return 0
 
 

@@ -84,6 +84,18 @@ def line_kernel(length: int = 9, angle_deg: float = 30.0) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+def bead_crop(kernel: np.ndarray, shift=(3, -2), offset: float = 100.0, peak: float = 1000.0, noise: float = 3.0,
+              size: int = 31, seed: int = 0) -> np.ndarray:
+    """A measured-PSF-like uint16 crop: ``kernel`` scaled to ``peak`` counts, moved by ``shift`` px from the
+    middle of a ``size`` × ``size`` crop, on ``offset`` counts of camera offset with Gaussian read noise."""
+    a = np.zeros((size, size))
+    c, h, w = size // 2, kernel.shape[0] // 2, kernel.shape[1] // 2
+    dy, dx = shift
+    a[c - h + dy : c + h + 1 + dy, c - w + dx : c + w + 1 + dx] = kernel / kernel.max() * peak
+    a += offset + np.random.default_rng(seed).normal(0, noise, a.shape)
+    return np.clip(np.rint(a), 0, 65535).astype(np.uint16)
+
+
 @pytest.fixture(scope="session")
 def camera_case():
     """(blurry, kernel, sharp) from a 160×160 crop of skimage's camera, 1 % noise, valid blur."""

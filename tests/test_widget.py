@@ -566,3 +566,150 @@ def test_estimate_noise_message_names_the_shipped_model(setup, monkeypatch):
     viewer, widget = setup
     job = widget_module._Job("x", None, False, np.ones((1, 1)), 0.027, 1, "cpu", None, ((),), False)
     assert DeblurWidget._noise_text(0.027, job) == "estimated noise 2.7 % → 3 % model"
+
+
+# ----------------------------------------------------------------------------- measured PSF layers
+
+
+def test_measured_psf_layer_is_prepared_and_said(make_napari_viewer, qtbot, gaussian_case, model_file, notes):
+    from conftest import bead_crop
+    from napari_fcnn_deblur.data.psf import prepare_psf
+
+    viewer = make_napari_viewer()
+    viewer.add_image(gaussian_case["blurry"].copy(), name="blurry")
+    bead = bead_crop(gaussian_psf(2.0), shift=(3, -2), offset=100.0)  # uint16 counts on a camera offset
+    viewer.add_image(bead.copy(), name="bead psf")
+    widget = open_widget(viewer, model_file)
+    assert widget.kernel_layer.value is viewer.layers["bead psf"] and widget.kernel_prep.value == "auto"
+    assert shown(widget, widget.kernel_prep)
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    said = [msg for sev, msg in notes() if sev == "info" and "prepared as a measured PSF" in msg]
+    assert said and "background 99 subtracted" in said[0] and "recentred by (-3, +2) px" in said[0], notes()
+    assert "PSF: background 99 subtracted" in widget.status.value
+    out = viewer.layers["blurry stage 1"]
+    assert out.metadata["napari_fcnn_deblur"]["kernel_preparation"].startswith("background 99 subtracted")
+    prepared = deblur(gaussian_case["blurry"], prepare_psf(bead).kernel, 0.01, 1, "cpu", model_file)
+    np.testing.assert_allclose(out.data, prepared, atol=1e-5)
+    true = deblur(gaussian_case["blurry"], gaussian_psf(2.0), 0.01, 1, "cpu", model_file)
+    assert psnr(out.data, gaussian_case["gt"]) > psnr(true, gaussian_case["gt"]) - 0.3
+    np.testing.assert_array_equal(viewer.layers["bead psf"].data, bead)  # the kernel layer is not modified
+
+    widget.kernel_prep.value = "raw"  # as it is: the old behaviour, a box on the offset
+    run_and_wait(qtbot, widget)
+    raw = viewer.layers["blurry stage 1"]
+    assert raw.metadata["napari_fcnn_deblur"]["kernel_preparation"] == "used as it is"
+    assert psnr(raw.data, gaussian_case["gt"]) < psnr(true, gaussian_case["gt"]) - 10
+    widget.kernel_source.value = "Gaussian"
+    assert not shown(widget, widget.kernel_prep)  # generated kernels need no preparation
+
+
+# ----------------------------------------------------------------------------- whole stacks: memory, on-disk layers
+
+
+def test_whole_stack_run_peak_memory_under_2_5x_the_layer(model_file, tmp_path):
+    """The worker of a whole-layer stack run with per-stage and gradient layers: numpy peak < 2.5 × float32 size.
+
+    Before, the run kept a float32 copy of the stack per stage and two more per stage for the
+    gradients (3 stages: 10 copies; tracemalloc peak ≈ 14 × the float32 size). tracemalloc sees
+    numpy's buffers, not torch's (one chunk's working memory, independent of the stack's depth).
+    """
+    import tracemalloc
+
+    from napari_fcnn_deblur import deblur_stages
+
+    stack = np.random.default_rng(0).random((16, 96, 96), dtype=np.float32)  # already on [0, 1]: identity map
+    kernel = random_motion_kernel(np.random.default_rng(3), 15)
+    folder = widget_module._ScratchFolder()
+    job = widget_module._Job("stack", stack, False, kernel, 0.01, 3, "cpu", model_file, (), False,
+                             gradients=True, scratch=folder.new_run())
+    tracemalloc.start()
+    try:
+        items = list(widget_module._deblur_items(job))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    stages = [it.result for it in items if isinstance(it, widget_module._StageDone)]
+    assert not [it for it in items if isinstance(it, widget_module._Failed)]
+    assert peak < 2.5 * stack.nbytes, f"peak {peak / stack.nbytes:.2f} × the layer's float32 size"
+    assert [s.stage for s in stages] == [0, 1, 2, 3]
+    final = stages[-1].image
+    assert type(final) is np.ndarray and final.shape == stack.shape  # the result is in memory
+    for s in stages[:-1]:
+        assert isinstance(s.image, np.memmap) and Path(s.image.filename).parent == job.scratch
+    assert all(isinstance(g, np.memmap) for s in stages[1:] for g in (s.grad_x, s.grad_y))
+    # the same numbers as the whole-image engine (checked on one plane: same intensity map, noise and model)
+    expected = list(deblur_stages(stack[5], kernel, 0.01, 3, "cpu", model_file))
+    for got, want in zip(stages, expected, strict=True):
+        np.testing.assert_allclose(got.image[5], want.image, atol=1e-5)
+        if want.grad_x is not None:
+            np.testing.assert_allclose(got.grad_x[5], want.grad_x, atol=1e-5)
+    root = folder.root
+    folder.close()
+    assert not root.exists()
+
+
+def _stack_viewer(make_napari_viewer, case, model_file):
+    viewer = make_napari_viewer()
+    planes = np.stack([case["blurry"][:64, :64], case["blurry"][40:104, 40:104], case["blurry"][80:144, 70:134]])
+    viewer.add_image(planes, name="stack")
+    viewer.add_image(case["kernel"], name="psf")
+    widget = open_widget(viewer, model_file)
+    widget.scope.value = WHOLE_LAYER
+    widget.iterations.value = 2
+    widget.show_gradients.value = True
+    return viewer, widget
+
+
+def test_whole_stack_layers_on_disk_and_their_files_removed(make_napari_viewer, qtbot, case, model_file):
+    viewer, widget = _stack_viewer(make_napari_viewer, case, model_file)
+    run_and_wait(qtbot, widget)
+    final = viewer.layers["stack stage 2"]
+    assert type(final.data) is np.ndarray  # the answer is a normal in-memory layer
+    on_disk = ["stack stage 0", "stack stage 1", "stack grad x stage 1", "stack grad y stage 1",
+               "stack grad x stage 2", "stack grad y stage 2"]
+    files = {name: Path(viewer.layers[name].data.filename) for name in on_disk}
+    assert all(f.is_file() and f.parent.parent == widget._scratch.root for f in files.values())
+    assert viewer.layers["stack stage 1"].metadata["napari_fcnn_deblur"]["on_disk"]
+    lo, hi = viewer.layers["stack grad x stage 1"].contrast_limits
+    assert lo == pytest.approx(-hi) and hi > 0
+
+    viewer.layers.remove("stack grad x stage 1")  # its file goes with it
+    assert not files["stack grad x stage 1"].exists() and files["stack stage 0"].exists()
+
+    widget.show_gradients.value = False
+    run_and_wait(qtbot, widget)  # a re-run updates the layers: the old files go, the gradient layers too
+    assert not any(f.exists() for f in files.values())
+    assert [lyr.name for lyr in viewer.layers] == ["stack", "psf", "stack stage 0", "stack stage 1", "stack stage 2"]
+    new_file = Path(viewer.layers["stack stage 0"].data.filename)
+    assert new_file.is_file()
+
+    root, stage0 = widget._scratch.root, viewer.layers["stack stage 0"]
+    viewer.layers.clear()  # what closing the viewer does: every file goes, and the temporary folder
+    assert not root.exists() and widget._scratch.root is None
+    assert np.isfinite(np.asarray(stage0.data)).all()  # a layer kept elsewhere stays readable (POSIX)
+
+
+def test_cancelled_whole_stack_run_leaves_the_viewer_as_it_was(make_napari_viewer, qtbot, case, model_file,
+                                                              monkeypatch, notes):
+    viewer, widget = _stack_viewer(make_napari_viewer, case, model_file)
+    before = snapshot(viewer)
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.1, []))
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=30_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert snapshot(viewer) == before
+    assert any(sev == "info" and "nothing was added" in msg for sev, msg in notes()), notes()
+    assert widget._scratch.root is None  # the cancelled run's files are gone, and the temporary folder
+
+
+def test_whole_stack_run_refused_without_disk_space(make_napari_viewer, qtbot, case, model_file, monkeypatch, notes):
+    viewer, widget = _stack_viewer(make_napari_viewer, case, model_file)
+    before = snapshot(viewer)
+    monkeypatch.setattr(widget_module._ScratchFolder, "free_bytes", lambda self: 1000)
+    run_and_wait(qtbot, widget)
+    errors = [msg for sev, msg in notes() if sev == "error"]
+    assert any("keeps its intermediate stages and gradients on disk" in m and "TMPDIR" in m for m in errors), notes()
+    assert snapshot(viewer) == before and widget._scratch.root is None

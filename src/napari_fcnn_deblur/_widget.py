@@ -9,13 +9,25 @@ thread never runs the cascade.  The widget only keeps UI state and makes layers.
 the worker's ``yielded`` signal and become layers on the GUI thread.  Problems a
 user can fix (wrong layer, NaNs, no model...) become napari notifications; the
 widget never raises and never modifies its input layers.
+
+Memory of whole-layer runs on stacks (more than one plane): the engine runs
+chunks of planes through every stage (:func:`_stack_items`), the final stage
+goes into one in-memory float32 array, the intermediate stages and the
+gradients into ``.npy`` files of a temporary folder (:class:`_ScratchFolder`)
+that their layers show lazily (memory-mapped, read only where displayed).
+Peak memory is thus about the final result plus one chunk's working memory
+instead of a float32 copy per stage and two more per stage with gradients.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +88,24 @@ MOTION = "linear motion"
 WIDEFIELD = "widefield (Airy)"
 GENERATORS = (GAUSSIAN, DISK, MOTION, WIDEFIELD)
 
+#: What happens to a kernel *layer* before use (the modes of :func:`.psf.prepare_psf`, as on the command line).
+KERNEL_PREP_CHOICES = [
+    ("auto (measured PSFs only)", "auto"),
+    ("measured PSF: subtract background, recentre, crop", "measured"),
+    ("none: use the layer as it is", "raw"),
+]
+
+#: A whole-layer run of a stack reads and runs chunks of planes of at most this many float32 bytes ...
+CHUNK_BYTES = 32 * 2**20
+#: ... and at most this fraction (1/n) of the stack, so one chunk's working memory stays small next to the result.
+CHUNK_FRACTION = 32
+#: Prefix of the temporary folder holding the on-disk layers (intermediate stages, gradients) of stack runs.
+SCRATCH_PREFIX = "napari-fcnn-deblur-"
+#: At most this many values, and at most 1/64, of each gradient of a stack run are sampled for its contrast limits.
+GRADIENT_SAMPLE = 1 << 16
+#: Percentile of |gradient| used as the symmetric contrast limit of gradient layers.
+GRADIENT_PERCENTILE = 99.5
+
 
 # ----------------------------------------------------------------------------- worker side (no Qt, no layers)
 
@@ -96,6 +126,9 @@ class _Job:
     preview: bool
     kernel_name: str = ""  # the kernel layer's name, or the generated PSF's description
     precision: str = "auto"
+    gradients: bool = False  # the user asked for the gradient layers
+    scratch: Path | None = None  # a whole-layer run of a stack: folder for its on-disk stages and gradients
+    kernel_note: str = ""  # what the measured-PSF preparation did to the kernel layer ("" when nothing)
 
 
 @dataclass
@@ -107,9 +140,15 @@ class _NoiseEstimated:
 
 @dataclass
 class _StageDone:
-    """One stage of the whole job (the preview plane, or every plane of the layer)."""
+    """One stage of the whole job (the preview plane, or every plane of the layer).
+
+    A stack run also says its image's value range and its gradients' contrast limits (computed chunk by
+    chunk: its arrays on disk are never read whole).
+    """
 
     result: StageResult
+    image_range: tuple[float, float] | None = None
+    grad_limits: tuple[float, float] | None = None
 
 
 @dataclass
@@ -144,6 +183,11 @@ def _explain(err: Exception, job: _Job, index: tuple[int, ...] = ()) -> _Failed:
     name, where = job.source_name, _plane_words(index)
     if isinstance(err, model_io.ModelNotFoundError):
         return _Failed(_no_model_message(job.noise_level))
+    if isinstance(err, OSError) and job.scratch is not None and str(job.scratch) in str(err):
+        return _Failed(
+            f"Deblurring '{name}' could not keep its intermediate stages on disk ({err}). Free disk space in "
+            f"{job.scratch.parent}, or point TMPDIR to a larger disk before starting napari, and run again."
+        )
     if isinstance(err, FileNotFoundError):
         return _Failed(f"The model file is gone: {err}. Pick it again under 'model file'.")
     if isinstance(err, ValueError):
@@ -166,16 +210,19 @@ def _no_model_message(noise_level: float | str) -> str:
     )
 
 
-@thread_worker
-def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
+def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
     """Run the engine on ``job``: progress items and one item per finished stage (quit() stops between them).
 
     The run is prepared on the whole layer, so the intensity map and the noise
     estimate are the engine's one rule for the layer, whether the whole layer
-    or one preview plane is deblurred.
+    or one preview plane is deblurred.  A whole-layer run of a stack
+    (``job.scratch`` set) goes chunk by chunk (:func:`_stack_items`).
     """
     index = job.plane_index
     try:
+        if job.scratch is not None:
+            yield from _stack_items(job)
+            return
         image = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
         bad = _image_problem(image, job, index)
         if bad is not None:
@@ -190,6 +237,154 @@ def _deblur_worker(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated
     except Exception as err:  # reported as a notification by the GUI thread, never re-raised
         yield _explain(err, job, index)
         return
+
+
+_deblur_worker = thread_worker(_deblur_items)
+
+
+def _chunk_planes(n: int, item_bytes: int) -> int:
+    """Leading indices per chunk of a stack run: at most :data:`CHUNK_BYTES` and 1/:data:`CHUNK_FRACTION` of it."""
+    return max(1, min(n // CHUNK_FRACTION, CHUNK_BYTES // max(item_bytes, 1)))
+
+
+def _read_items(data: Any, lead: tuple[int, ...], i0: int, i1: int) -> np.ndarray:
+    """Leading indices ``i0:i1`` (flat, C order) of an array-like, read now as one numpy array."""
+    if len(lead) == 1:
+        return np.asarray(data[i0:i1])
+    return np.stack([np.asarray(data[np.unravel_index(i, lead)]) for i in range(i0, i1)])
+
+
+def _write_items(path: Path, n: int, i0: int, values: np.ndarray) -> None:
+    """Write leading indices ``i0:i0 + len(values)`` of the ``.npy`` file ``path`` (unmapped again at once)."""
+    out = np.lib.format.open_memmap(path, mode="r+")
+    out.reshape((n,) + values.shape[1:])[i0 : i0 + len(values)] = values
+    out.flush()
+    del out
+
+
+def _stack_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
+    """A whole-layer run of a stack, chunk of planes after chunk of planes, with bounded memory.
+
+    Each chunk runs through every stage; its final stage goes into one
+    in-memory float32 array, its intermediate stages and (RGB: colour-averaged)
+    gradients into ``.npy`` files in ``job.scratch``.  When every plane is done,
+    one :class:`_StageDone` per stage follows, whose intermediate images and
+    gradients are read-only memory maps of those files.
+    """
+    data, scratch = job.data, job.scratch
+    layout = PlaneLayout.of(data.shape, job.rgb)
+    lead = layout.lead
+    n = math.prod(lead)
+    item_shape = tuple(data.shape[len(lead) :])  # one leading index: (Y, X) or (Y, X, 3|4)
+    if isinstance(data, np.ndarray):  # a numpy layer is checked whole (no copy); lazy ones by the engine per chunk
+        bad = _image_problem(data, job, ())
+        if bad is not None:
+            yield bad
+            return
+    run = DeblurRun.prepare(data, job.kernel, job.noise_level, job.iterations, job.device, job.model,
+                            precision=job.precision, rgb=job.rgb)
+    if job.noise_level == AUTO:
+        yield _NoiseEstimated(run.noise_level)
+    k_last = run.iterations
+    final = np.empty(tuple(data.shape), np.float32)
+    files: dict[tuple[str, int], Path] = {("image", s): scratch / f"stage{s}.npy" for s in range(k_last)}
+    if job.gradients:
+        for s in range(1, k_last + 1):
+            files["grad x", s], files["grad y", s] = scratch / f"grad_x_stage{s}.npy", scratch / f"grad_y_stage{s}.npy"
+    for (role, _), path in files.items():
+        shape = tuple(data.shape) if role == "image" else lead + layout.plane_shape
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()  # header and size now
+    per = _chunk_planes(n, math.prod(item_shape) * 4)
+    planes_per_item = layout.n_planes // n
+    total = layout.n_planes * (k_last + 1)
+    grad_step = max(64, -(-n * math.prod(layout.plane_shape) // GRADIENT_SAMPLE)) | 1  # odd: not always the same columns
+    ranges = {s: [math.inf, -math.inf] for s in range(k_last + 1)}
+    samples: dict[tuple[str, int], list[np.ndarray]] = {key: [] for key in files if key[0] != "image"}
+    templates: dict[int, StageResult] = {}
+    for i0 in range(0, n, per):
+        chunk = _read_items(data, lead, i0, min(n, i0 + per))
+        for item in run.steps(chunk):
+            if isinstance(item, Progress):
+                yield Progress(i0 * planes_per_item * (k_last + 1) + item.done, total)
+                continue
+            s = item.stage
+            ranges[s][0] = min(ranges[s][0], float(item.image.min()))
+            ranges[s][1] = max(ranges[s][1], float(item.image.max()))
+            if s == k_last:
+                final.reshape((n,) + item_shape)[i0 : i0 + len(chunk)] = item.image
+            else:
+                _write_items(files["image", s], n, i0, item.image)
+            if job.gradients and s > 0:
+                for role, g in (("grad x", item.grad_x), ("grad y", item.grad_y)):
+                    if job.rgb:  # one signed map per direction: the mean over colour channels
+                        g = g.mean(axis=-1)
+                    _write_items(files[role, s], n, i0, g)
+                    samples[role, s].append(np.abs(g).ravel()[::grad_step].copy())
+            templates[s] = dataclasses.replace(item, image=None, grad_x=None, grad_y=None)
+            del item
+        del chunk
+    for s in range(k_last + 1):
+        image = final if s == k_last else np.load(files["image", s], mmap_mode="r")
+        gx = gy = limits = None
+        if job.gradients and s > 0:
+            gx, gy = (np.load(files[role, s], mmap_mode="r") for role in ("grad x", "grad y"))
+            limits = tuple(float(np.percentile(np.concatenate(samples[role, s]), GRADIENT_PERCENTILE))
+                           for role in ("grad x", "grad y"))
+        res = dataclasses.replace(templates[s], image=image, grad_x=gx, grad_y=gy)
+        yield _StageDone(res, image_range=(ranges[s][0], ranges[s][1]), grad_limits=limits)
+
+
+class _ScratchFolder:
+    """The temporary folder of a widget's on-disk layers (intermediate stages and gradients of stack runs).
+
+    Created on first use in the system's temporary folder (``TMPDIR``), one
+    sub-folder per run.  :meth:`sweep` deletes the files no layer of the viewer
+    uses any more (a removed layer, a layer a re-run updated, a cancelled or
+    failed run, every layer when the viewer closes) and the folder once it is
+    empty; :meth:`close` deletes the folder now (when the widget is destroyed,
+    and at the latest when Python exits).
+    """
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def new_run(self) -> Path:
+        """A new, empty folder for one run."""
+        if self.root is None or not self.root.is_dir():
+            self.root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+
+    def free_bytes(self) -> int:
+        """Free disk space where the run folders go."""
+        return shutil.disk_usage(self.root if self.root is not None else tempfile.gettempdir()).free
+
+    def sweep(self, layers: Any, keep: Path | None = None) -> None:
+        """Delete the files (and empty run folders) no layer in ``layers`` shows, except in the folder ``keep``."""
+        if self.root is None or not self.root.is_dir():
+            return
+        used = set()
+        for lyr in layers:
+            data = getattr(lyr, "data", None)
+            if isinstance(data, np.memmap) and data.filename:
+                used.add(Path(data.filename).resolve())
+        for folder in self.root.iterdir():
+            if keep is not None and folder.resolve() == keep.resolve():
+                continue
+            for f in folder.iterdir():
+                if f.resolve() not in used:
+                    f.unlink(missing_ok=True)  # a file still mapped elsewhere stays readable (POSIX)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        if not any(self.root.iterdir()):  # nothing on disk any more (e.g. the viewer closed: its layers went)
+            self.close()
+
+    def close(self, *_: Any) -> None:
+        """Delete the whole folder now (a later run makes a new one)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self.root, self._finalizer = None, None
 
 
 # ----------------------------------------------------------------------------- GUI side
@@ -284,6 +479,7 @@ class _RunState:
     layers: dict[str, Image] = field(default_factory=dict)
     final: Image | None = None  # image layer of the highest stage so far
     noise_text: str = ""  # "estimated noise 2.7 % → 3 % model" once the worker has estimated it
+    planes_done: int = 0  # work done (plane-steps, as in Progress), for the cancel message of stack runs
 
 
 class DeblurWidget(Container):
@@ -292,6 +488,9 @@ class DeblurWidget(Container):
     Each stage of the cascade adds (or, when run again on the same source,
     updates) an Image layer ``"<source> stage k"`` — and, with *show
     gradients*, hidden layers ``"<source> grad x stage k"`` / ``"... grad y ..."``.
+    For a whole-layer run of a stack, the last stage is an in-memory array and the
+    other stages and the gradients are read-only memory maps of files in a
+    temporary folder, deleted when their layers are removed or the widget closes.
     """
 
     #: Emitted on the GUI thread when a run ends: "done", "cancelled" or "failed".
@@ -306,6 +505,7 @@ class DeblurWidget(Container):
             label="Kernel source", choices=[KERNEL_LAYER, *GENERATORS], value=KERNEL_LAYER
         )
         self.kernel_layer = ComboBox(label="Kernel / PSF", choices=self._kernel_choices)
+        self.kernel_prep = ComboBox(label="PSF preparation", choices=KERNEL_PREP_CHOICES, value="auto")
         self.psf_sigma = FloatSpinBox(label="σ (px)", min=0.1, max=30.0, step=0.1, value=2.0)
         self.psf_radius = FloatSpinBox(label="Radius (px)", min=0.5, max=60.0, step=0.5, value=3.0)
         self.psf_length = FloatSpinBox(label="Length (px)", min=1.0, max=120.0, step=1.0, value=15.0)
@@ -338,6 +538,7 @@ class DeblurWidget(Container):
                 self.image_layer,
                 self.kernel_source,
                 self.kernel_layer,
+                self.kernel_prep,
                 self.psf_sigma,
                 self.psf_radius,
                 self.psf_length,
@@ -361,11 +562,19 @@ class DeblurWidget(Container):
         )
         self._worker = None
         self._run: _RunState | None = None
+        self._scratch = _ScratchFolder()  # on-disk layers of whole-layer stack runs
         self.activity: napari_progress | None = None  # the run's entry in napari's activity dock
         self.image_layer.tooltip = "The image to sharpen. It is never modified: results go to new layers."
         self.kernel_layer.tooltip = (
             f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
             f"{MAX_KERNEL_SIDE} × {MAX_KERNEL_SIDE} pixels)."
+        )
+        self.kernel_prep.tooltip = (
+            "A measured PSF (a bead cropped from a camera image) is prepared like psf.load_psf does: its "
+            "background (camera offset, the median of its border) is subtracted, values under 3 σ of the border's "
+            "noise are set to 0, it is recentred on its centroid, cropped to 99.9 % of its mass and normalised. "
+            "'auto' does this for kernels with a background or negative values, and uses computed kernels (zero "
+            "border) exactly as they are."
         )
         self.kernel_source.tooltip = (
             "Where the kernel comes from: a layer of the viewer, or a model PSF computed from a few parameters."
@@ -376,7 +585,9 @@ class DeblurWidget(Container):
             f"'{ESTIMATE}' measures it when you press Run."
         )
         self.iterations.tooltip = "Number of FCNN stages to run (each one adds a layer)."
-        self.show_gradients.tooltip = "Also add the denoised gradients each stage used (hidden layers)."
+        self.show_gradients.tooltip = (
+            "Also add the denoised gradients each stage used (hidden layers; for a whole stack, kept on disk)."
+        )
         self.scope.tooltip = "For stacks and time series: only the plane shown now, or every plane."
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -389,6 +600,8 @@ class DeblurWidget(Container):
         # Why our own connections: napari only resets choices of docked widgets; this one also works undocked.
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._sweep_scratch)  # a removed on-disk layer's file goes
+        self.native.destroyed.connect(self._scratch.close)
         self.reset_choices()
         self._update_model_info()
         self._update_scope()
@@ -398,6 +611,14 @@ class DeblurWidget(Container):
 
     def _layers_changed(self, event: Any = None) -> None:
         self.reset_choices()
+
+    def _sweep_scratch(self, event: Any = None) -> None:
+        """Delete the on-disk stage/gradient files no layer shows any more (not those of a run in progress)."""
+        keep = self._run.job.scratch if self._run is not None else None
+        try:
+            self._scratch.sweep(self.viewer.layers, keep)
+        except OSError as err:  # e.g. a file still mapped on Windows: it goes when the widget closes
+            logger.debug("could not delete a temporary layer file: %s", err)
 
     def _image_choices(self, widget: Any = None) -> list[tuple[str, Image]]:
         layers = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image)]
@@ -417,6 +638,7 @@ class DeblurWidget(Container):
     def _update_kernel_source(self, *_: Any) -> None:
         source = self.kernel_source.value
         self.kernel_layer.visible = source == KERNEL_LAYER
+        self.kernel_prep.visible = source == KERNEL_LAYER
         self.add_kernel_button.visible = source != KERNEL_LAYER
         for name, widgets in self._generator_params.items():
             for w in widgets:
@@ -522,6 +744,7 @@ class DeblurWidget(Container):
                 f"The image layer '{image.name}' is empty (size {' × '.join(map(str, shape))}): nothing to deblur."
             )
             return None
+        kernel_note = ""
         if generated:
             try:
                 k, kernel_name = self.generated_kernel()
@@ -549,6 +772,14 @@ class DeblurWidget(Container):
                     "image (for a 3D PSF, use its in-focus plane)."
                 )
                 return None
+            try:
+                prepared = psf.prepare_psf(k, str(self.kernel_prep.value))
+            except ValueError as err:
+                text = str(err)
+                show_error(f"The {what} cannot be used as a measured PSF: {text[:1].lower() + text[1:]}.")
+                return None
+            k = prepared.kernel
+            kernel_note = prepared.describe() if prepared.measured else ""
         plane = shape[-3:-1] if image.rgb else shape[-2:]
         if k.shape[0] > plane[0] or k.shape[1] > plane[1]:
             hint = (
@@ -598,6 +829,8 @@ class DeblurWidget(Container):
             preview=preview,
             kernel_name=kernel_name,
             precision=str(self.precision.value),
+            gradients=bool(self.show_gradients.value),
+            kernel_note=kernel_note,
         )
 
     def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:
@@ -615,6 +848,10 @@ class DeblurWidget(Container):
         source: Image = self.image_layer.value
         shape = tuple(_layer_array(source).shape)
         lead_shape = shape[: len(shape) - _plane_ndim(source)]
+        if not job.preview and math.prod(lead_shape) > 1:  # a whole stack: stages and gradients on disk
+            job = self._with_scratch(job, shape)
+            if job is None:
+                return
         scale = tuple(float(s) for s in source.scale)
         translate = [float(t) for t in source.translate]
         if job.preview:  # a one-plane result sits exactly at its plane of the stack
@@ -633,7 +870,7 @@ class DeblurWidget(Container):
             contrast_limits=tuple(float(c) for c in source.contrast_limits),
             colormap=None if source.rgb else source.colormap,
             out_lead=(1,) * len(lead_shape) if job.preview else lead_shape,
-            show_gradients=bool(self.show_gradients.value),
+            show_gradients=job.gradients,
         )
         planes = PlaneLayout.of(shape, job.rgb).n_planes // (math.prod(lead_shape) if job.preview else 1)
         total = planes * (job.iterations + 1)
@@ -641,6 +878,9 @@ class DeblurWidget(Container):
         # napari's activity dock shows the same progress (plane-steps, as the engine reports them)
         self.activity = napari_progress(total=total, desc=f"FCNN deblur: {job.source_name}")
         self.status.value = f"Deblurring '{job.source_name}' ({_layout_words(shape, job.rgb, job.preview)})…"
+        if job.kernel_note:
+            show_info(f"Kernel layer '{job.kernel_name}' prepared as a measured PSF: {job.kernel_note}.")
+            self.status.value += f" PSF: {job.kernel_note}."
         worker = _deblur_worker(job)
         worker.yielded.connect(self._on_yielded)
         worker.aborted.connect(self._on_aborted)
@@ -649,6 +889,29 @@ class DeblurWidget(Container):
         self._worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
         worker.start()
+
+    def _with_scratch(self, job: _Job, shape: tuple[int, ...]) -> _Job | None:
+        """``job`` with a new on-disk folder for its intermediate stages and gradients (None: not enough space)."""
+        layout = PlaneLayout.of(shape, job.rgb)
+        it = job.iterations
+        need = 4 * (it * math.prod(shape) + (2 * it * math.prod(layout.lead + layout.plane_shape) if job.gradients else 0))
+        try:
+            folder = self._scratch.new_run()
+            free = self._scratch.free_bytes()
+        except OSError as err:
+            show_error(f"Cannot make a temporary folder for the intermediate stages of '{job.source_name}': {err}.")
+            return None
+        if need > 0.95 * free:
+            folder.rmdir()
+            self._sweep_scratch()  # the temporary folder too, when nothing else is in it
+            gradients = " or turn off 'show gradients'" if job.gradients else ""
+            show_error(
+                f"A whole-layer run of '{job.source_name}' keeps its intermediate stages{' and gradients' if job.gradients else ''} "
+                f"on disk: {need / 2**30:.2f} GiB in {folder.parent.parent}, where {free / 2**30:.2f} GiB are free. "
+                f"Free some space, point TMPDIR to a larger disk before starting napari, use fewer iterations{gradients}."
+            )
+            return None
+        return dataclasses.replace(job, scratch=folder)
 
     def cancel(self, *_: Any) -> None:
         """Stop the run after the stage being computed; finished layers stay."""
@@ -665,6 +928,7 @@ class DeblurWidget(Container):
             return
         if isinstance(item, Progress):
             self.progress.max, self.progress.value = item.total, item.done
+            run.planes_done = item.done
             if self.activity is not None:
                 self.activity.update(item.done - self.activity.n)
             return
@@ -695,19 +959,22 @@ class DeblurWidget(Container):
         src, k = job.source_name, res.stage
         suffix = " (preview)" if job.preview else ""
         parts: list[tuple[str, str, np.ndarray]] = []
+        limits: dict[str, tuple[float, float] | None] = {"image": item.image_range}
         if res.grad_x is not None and run.show_gradients:
             gx, gy = res.grad_x, res.grad_y
-            if job.rgb:  # one signed map per direction: the mean over colour channels
+            if job.rgb and gx.ndim == res.image.ndim:  # one signed map per direction: the mean over colour channels
                 gx, gy = gx.mean(axis=-1), gy.mean(axis=-1)
             parts += [
                 (f"{src} grad x stage {k}{suffix}", "grad x", gx),
                 (f"{src} grad y stage {k}{suffix}", "grad y", gy),
             ]
+            if item.grad_limits is not None:
+                limits["grad x"], limits["grad y"] = ((-m, m) for m in item.grad_limits)
         parts.append((f"{src} stage {k}{suffix}", "image", res.image))
         for name, role, data in parts:
             if job.preview:  # one plane of a stack: a layer with the stack's dimensions, one plane deep
                 data = data.reshape(run.out_lead + data.shape)
-            run.layers[name] = self._put_layer(run, name, role, k, data, res)
+            run.layers[name] = self._put_layer(run, name, role, k, data, res, limits.get(role))
         run.final = run.layers[parts[-1][0]]
         self.viewer.layers.selection.active = run.final
 
@@ -720,15 +987,22 @@ class DeblurWidget(Container):
             and lyr.metadata[META_KEY].get("preview") == preview
         ]
 
-    def _put_layer(self, run: _RunState, name: str, role: str, stage: int, data: np.ndarray, res: StageResult) -> Image:
-        """Add the layer ``name``, or update the one a previous run made for this source."""
+    def _put_layer(self, run: _RunState, name: str, role: str, stage: int, data: np.ndarray, res: StageResult,
+                   known: tuple[float, float] | None = None) -> Image:
+        """Add the layer ``name``, or update the one a previous run made for this source.
+
+        ``known``: the data's value range (image) or contrast limits (gradients) when already computed (a stack
+        run's on-disk arrays are not read whole for them).
+        """
         job = run.job
         rgb = job.rgb and role == "image"
         if role == "image":
             limits, colormap = run.contrast_limits, run.colormap
+            lo, hi = known if known is not None else (float(data.min()), float(data.max()))
         else:  # signed gradients: symmetric limits, diverging colours, hidden until asked for
-            m = float(np.percentile(np.abs(data), 99.5)) or 1e-6
-            limits, colormap = (-m, m), "PiYG"
+            m = known[1] if known is not None else float(np.percentile(np.abs(data), GRADIENT_PERCENTILE))
+            limits, colormap = (-(m or 1e-6), m or 1e-6), "PiYG"
+            lo, hi = limits
         info = {
             "source": job.source_name,
             "role": role,
@@ -741,6 +1015,8 @@ class DeblurWidget(Container):
             "kernel": job.kernel_name,
             "gamma": res.gamma,
             "model": str(job.model) if job.model else "shipped",
+            "kernel_preparation": job.kernel_note or "used as it is",
+            "on_disk": isinstance(data, np.memmap),
         }
         existing = next((lyr for lyr in self._own_layers(job.source_name, job.preview) if lyr.name == name), None)
         if existing is not None and existing.rgb == rgb and existing.data.ndim == data.ndim:
@@ -748,7 +1024,7 @@ class DeblurWidget(Container):
             existing.scale, existing.translate = run.source_scale, run.out_translate
             for attr, value in run.frame.items():
                 setattr(existing, attr, value)
-            existing.contrast_limits_range = (min(limits[0], float(data.min())), max(limits[1], float(data.max())))
+            existing.contrast_limits_range = (min(limits[0], lo), max(limits[1], hi))
             existing.contrast_limits = limits
             existing.metadata.update(run.source_metadata)
             existing.metadata[META_KEY] = info
@@ -794,11 +1070,17 @@ class DeblurWidget(Container):
         elapsed = time.perf_counter() - run.started
         if run.aborted:
             kept = f"{run.stages_done} finished stage(s) kept"
+            if run.job.scratch is not None and run.stages_done == 0:
+                part = 100 * run.planes_done / max(self.progress.max, 1)
+                kept = (f"stopped at {part:.0f} %; a whole-stack run adds its layers once every plane is done, "
+                        "so nothing was added")
+            self._sweep_scratch()
             show_info(f"Deblurring '{run.job.source_name}' cancelled: {kept}.")
             self.status.value = f"Cancelled after {elapsed:.1f} s ({kept})."
             self.run_finished.emit("cancelled")
             return
         if run.failed:
+            self._sweep_scratch()
             self.run_finished.emit("failed")
             return
         # A re-run with fewer stages or without gradients: drop our older layers it did not refresh,
@@ -807,8 +1089,10 @@ class DeblurWidget(Container):
         for lyr in self._own_layers(run.job.source_name, run.job.preview):
             if id(lyr) not in keep:
                 self.viewer.layers.remove(lyr)
+        self._sweep_scratch()  # files of layers this run updated
         if run.final is not None and run.final in self.viewer.layers:
             self.viewer.layers.selection.active = run.final
             noise = f" ({run.noise_text})" if run.noise_text else ""
-            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'{noise}."
+            kernel = f" PSF: {run.job.kernel_note}." if run.job.kernel_note else ""
+            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'{noise}.{kernel}"
         self.run_finished.emit("done")

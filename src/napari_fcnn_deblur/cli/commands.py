@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import deblur, deblur_stages
+from ..data.psf import KERNEL_PREPS, prepare_psf
 from ..engine.intensity import intensity_scaling
 from ..engine.layout import PlaneLayout
 from ..engine.run import DeblurRun, Progress
@@ -132,7 +133,13 @@ def _cmd_deblur(args) -> int:
         k = read_array(Path(path)).astype(np.float64)
         if k.ndim == 3 and k.shape[-1] in (3, 4):
             k = k[..., :3].mean(-1)
-        kernels.append(k)
+        try:  # a measured PSF (background, off-centre) is prepared as psf.load_psf does; other kernels untouched
+            prepared = prepare_psf(k, args.kernel_prep)
+        except ValueError as err:
+            raise ValueError(f"kernel {path}: {err}") from None
+        if prepared.measured:
+            _say(args, f"kernel {path}: measured PSF: {prepared.describe()}")
+        kernels.append(prepared.kernel)
     if len(kernels) > 1 and args.channel_axis is None:
         raise ValueError("several --kernel files need --channel-axis (one kernel per channel)")
     kernel = kernels[0] if len(kernels) == 1 else kernels
@@ -465,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("image")
     d.add_argument("--kernel", "-k", required=True, action="append",
                    help="kernel/PSF file (PNG/TIFF/NPY); with --channel-axis, give one per channel (repeat -k)")
+    d.add_argument("--kernel-prep", choices=KERNEL_PREPS, default="auto",
+                   help="measured: subtract the PSF's background (median of its border), recentre it on its "
+                        "centroid, crop it to 99.9 %% of its mass, normalise (as psf.load_psf); raw: use the file as "
+                        "it is; auto (default): 'measured' for a 2D kernel with a background or negative values, 'raw' "
+                        "for computed kernels (zero border: used unchanged) and 3D PSFs")
     d.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels: each deblurred on its own (own kernel with several -k, "
                         "own noise estimate and intensity map); default: (Y, X, 3|4) is RGB(A), anything else a stack")

@@ -3,12 +3,22 @@
 Every function returns a float32, odd-sized, non-negative 2D kernel that sums
 to 1 with its centre at pixel ``(h // 2, w // 2)``, ready for
 :func:`napari_fcnn_deblur.deblur`.
+
+A *measured* PSF (the image of a sub-resolution bead, cropped from a camera
+frame) is not a kernel yet: it sits on the camera offset, its centroid is
+rarely on the middle pixel and its crop is larger than the PSF.
+:func:`prepare_measured_psf` is the one preparation for it (background
+subtraction, recentring, cropping, normalising) used by :func:`load_psf`, the
+command line's ``--kernel-prep`` and the napari widget's *PSF preparation*;
+:func:`prepare_psf` decides, for ``"auto"``, whether a kernel is such a
+measurement (:func:`looks_measured`).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -173,14 +183,220 @@ def crop_psf(psf: np.ndarray, energy: float = 0.999) -> np.ndarray:
     return _normalise(k)
 
 
+#: What :func:`prepare_psf` can do with a kernel: decide (``auto``), always prepare it as a measured PSF
+#: (``measured``), or leave it as it is (``raw``).
+KERNEL_PREPS = ("auto", "measured", "raw")
+
+#: ``auto`` takes a kernel for a measurement when its frame's background, or its most negative value, is
+#: beyond this fraction of its peak (computed kernels decay to below 0.1 % of their peak at their border:
+#: Gaussian 5e-5, Airy of :func:`widefield_psf` at most 7e-4, motion and Levin kernels 0).
+BACKGROUND_FRACTION = 1e-3
+
+#: After background subtraction, pixels below this many robust noise s.d. of the frame are set to 0
+#: (the noise would otherwise stay as a positive pedestal after clipping, ≈ 0.4 σ per pixel, and keep
+#: the crop from working).
+NOISE_FLOOR = 3.0
+
+
+@dataclass(frozen=True)
+class PreparedPsf:
+    """A kernel and what the preparation did to it.
+
+    Attributes
+    ----------
+    kernel : numpy.ndarray
+        The kernel to deblur with: float32, odd-sized, centred, sum 1 when ``measured``; otherwise the
+        input array itself, untouched (the engine's :func:`~napari_fcnn_deblur.engine.kernels.prepare_kernel`
+        checks and normalises it as any kernel).
+    measured : bool
+        Whether the measured-PSF preparation was applied.
+    background : float
+        The constant subtracted (input units; 0 when none).
+    noise_floor : float
+        Pixels below this value (input units, above the background) were set to 0: ``NOISE_FLOOR`` times the
+        frame's robust noise s.d. (0 when none).
+    centroid_offset : tuple of float
+        (dy, dx) of the centroid from the input's middle pixel ``(h // 2, w // 2)``, in pixels, after
+        background subtraction.
+    shift : tuple of int
+        (dy, dx) the PSF was moved by to put its centroid on the middle pixel (integer, exact).
+    input_shape : tuple of int
+        Shape of the input (2D; the focal plane's for a 3D PSF).
+    focal_plane : int or None
+        The plane of a 3D PSF that was used (the one holding the brightest pixel).
+    """
+
+    kernel: np.ndarray
+    measured: bool = False
+    background: float = 0.0
+    noise_floor: float = 0.0
+    centroid_offset: tuple[float, float] = (0.0, 0.0)
+    shift: tuple[int, int] = (0, 0)
+    input_shape: tuple[int, ...] = ()
+    focal_plane: int | None = None
+
+    def describe(self) -> str:
+        """What was done, in words, e.g. ``"background 100 subtracted, values under 9 (3 σ of its noise) set to 0,
+        recentred by (-1, +1) px (centroid was (+1.2, -0.8) px off the middle), cropped from 31 × 31 to 25 × 25,
+        normalised to sum 1"``."""
+        if not self.measured:
+            return "used as it is"
+        parts = []
+        if self.focal_plane is not None:
+            parts.append(f"focal plane z={self.focal_plane} of the 3D PSF")
+        parts.append(f"background {self.background:.4g} subtracted" if self.background else "no background")
+        if self.noise_floor:
+            parts.append(f"values under {self.noise_floor:.3g} ({NOISE_FLOOR:g} σ of its noise) set to 0")
+        dy, dx = self.centroid_offset
+        if self.shift != (0, 0):
+            parts.append(f"recentred by ({self.shift[0]:+d}, {self.shift[1]:+d}) px "
+                         f"(centroid was ({dy:+.1f}, {dx:+.1f}) px off the middle)")
+        else:
+            parts.append(f"centred already (centroid ({dy:+.1f}, {dx:+.1f}) px off the middle)")
+        (h0, w0), (h, w) = self.input_shape[-2:], self.kernel.shape
+        if (h, w) == (h0, w0):
+            parts.append(f"{h} × {w}")
+        elif h <= h0 and w <= w0:
+            parts.append(f"cropped from {h0} × {w0} to {h} × {w}")
+        else:
+            parts.append(f"{h0} × {w0} zero-padded to {h} × {w} to keep every pixel around the centre")
+        parts.append("normalised to sum 1")
+        return ", ".join(parts)
+
+
+def _frame(a: np.ndarray) -> np.ndarray | None:
+    """The outer 1-pixel frame of a 2D array (None when a side is < 5 px: too small to have one)."""
+    if a.ndim != 2 or min(a.shape) < 5:
+        return None
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
+def frame_background(psf: np.ndarray) -> float:
+    """Background level of a 2D PSF crop: the median of its outer 1-pixel frame (0 when a side is < 5 px)."""
+    frame = _frame(np.asarray(psf, dtype=np.float64))
+    return 0.0 if frame is None else float(np.median(frame))
+
+
+def frame_noise(psf: np.ndarray) -> float:
+    """Robust noise s.d. of a 2D PSF crop's frame: 1.4826 × its median absolute deviation (0 when a side is < 5 px)."""
+    frame = _frame(np.asarray(psf, dtype=np.float64))
+    return 0.0 if frame is None else float(1.4826 * np.median(np.abs(frame - np.median(frame))))
+
+
+def looks_measured(kernel: np.ndarray) -> bool:
+    """Whether a 2D kernel looks like a measured PSF rather than a computed kernel (the ``auto`` rule).
+
+    It does when its frame has a background — :func:`frame_background` above
+    :data:`BACKGROUND_FRACTION` of its peak, but below the peak (a flat box kernel has no background) —
+    or when it has negative values below −:data:`BACKGROUND_FRACTION` of its peak (noise around a
+    background that was already subtracted).  A computed kernel (Gaussian, Airy, motion, Levin…) decays
+    to (almost) zero at its border and has no negative values, so it is used as it is: a motion
+    kernel's frame, not its centroid, says where the result lands.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2 or k.size == 0 or not np.all(np.isfinite(k)):
+        return False
+    peak = float(k.max())
+    if peak <= 0:
+        return False
+    bg = frame_background(k)
+    return BACKGROUND_FRACTION * peak < bg < peak or float(k.min()) < -BACKGROUND_FRACTION * peak
+
+
+def prepare_measured_psf(psf: np.ndarray, energy: float = 0.999, background: bool = True) -> PreparedPsf:
+    """Make a kernel of a measured PSF: background subtraction, recentring, cropping, normalising.
+
+    A 3D PSF (Z, Y, X) is reduced to its focal plane, the plane holding the
+    brightest pixel.  With ``background``, the constant background (camera
+    offset: :func:`frame_background`) is subtracted and the pixels below
+    :data:`NOISE_FLOOR` times the frame's noise (:func:`frame_noise`) are set to
+    0 (without it, clipped noise would stay as a pedestal); the PSF is clipped at 0,
+    shifted so its centroid is on the middle pixel (:func:`center_psf`: an exact
+    integer shift, zero-padded), cropped to the centred window holding
+    ``energy`` of its mass (:func:`crop_psf`) and normalised to sum 1.
+
+    Parameters
+    ----------
+    psf : array (Y, X) or (Z, Y, X)
+        The measured PSF, any real dtype (camera counts are fine); axes of length 1 are dropped.
+    energy : float in (0, 1]
+        Fraction of the mass the cropped kernel keeps.
+    background : bool
+        Subtract the frame's background.
+
+    Returns
+    -------
+    PreparedPsf
+        The kernel (float32, odd-sized, centred, sum 1) and what was done.
+
+    Raises
+    ------
+    ValueError
+        Not 2D/3D, NaN or infinite values, or no positive mass (after background subtraction).
+    """
+    a = np.asarray(psf)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise ValueError(f"a PSF must be a real numeric array, got dtype {a.dtype}")
+    a = np.squeeze(a.astype(np.float64))
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    focal = None
+    if a.ndim == 3:
+        focal = int(np.unravel_index(np.argmax(a), a.shape)[0])
+        a = a[focal]
+    if a.ndim != 2:
+        raise ValueError(f"a PSF must be 2D or 3D, got shape {np.shape(psf)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("the PSF contains NaN or infinite values")
+    bg = frame_background(a) if background else 0.0
+    floor = NOISE_FLOOR * frame_noise(a) if background else 0.0
+    if bg:
+        a = a - bg
+    if floor:
+        a = np.where(a < floor, 0.0, a)
+    a = np.clip(a, 0, None)
+    if a.sum() <= 0:
+        what = f" after subtracting its background {bg:.4g}" if bg else ""
+        raise ValueError(f"the PSF has no positive mass{what}")
+    centroid = ndimage.center_of_mass(a)
+    offset = tuple(float(c - n // 2) for c, n in zip(centroid, a.shape))
+    shift = tuple(n // 2 - int(round(c)) for c, n in zip(centroid, a.shape))
+    kernel = crop_psf(center_psf(a), energy)
+    return PreparedPsf(kernel, True, bg, floor, offset, shift, a.shape, focal)
+
+
+def prepare_psf(kernel: np.ndarray, mode: str = "auto", energy: float = 0.999) -> PreparedPsf:
+    """Prepare a kernel read from a file or a layer as ``mode`` says (one of :data:`KERNEL_PREPS`).
+
+    ``"measured"``: :func:`prepare_measured_psf` (a 3D PSF: its focal plane,
+    as :func:`load_psf`).  ``"raw"``: the kernel as it is.  ``"auto"``: a 2D
+    kernel that :func:`looks_measured` is prepared as a measured PSF; any other
+    kernel is returned untouched (the very same array), so computed kernels give
+    exactly the results they gave before, and a 3D PSF stays 3D (the engine
+    deconvolves volumes with it).  Problems of an untouched kernel (NaN, wrong
+    shape…) are left to the engine's kernel check.
+    """
+    if mode not in KERNEL_PREPS:
+        raise ValueError(f"the kernel preparation must be one of {', '.join(KERNEL_PREPS)}, got {mode!r}")
+    if mode == "measured":
+        return prepare_measured_psf(kernel, energy)
+    a = np.asarray(kernel)
+    if mode == "raw" or not (np.issubdtype(a.dtype, np.number) and a.dtype != bool and not np.iscomplexobj(a)):
+        return PreparedPsf(kernel)
+    if looks_measured(np.squeeze(a)):
+        return prepare_measured_psf(a, energy)
+    return PreparedPsf(kernel)
+
+
 def load_psf(path: str | os.PathLike, energy: float = 0.999, background: bool = True) -> np.ndarray:
-    """Load a measured PSF (TIFF, PNG, NPY) and make it a kernel.
+    """Load a measured PSF (TIFF, PNG, NPY) and make it a kernel (:func:`prepare_measured_psf`).
 
     A 3D PSF (Z, Y, X) is reduced to its focal plane — the plane holding the
     brightest pixel — with a warning.  A constant background (the median of the
-    outer frame) is subtracted when ``background`` is true; the PSF is then
-    clipped at zero, centred on its centroid, cropped to the centred window
-    holding ``energy`` of its mass and normalised to sum 1.
+    outer frame) is subtracted when ``background`` is true, and pixels under the
+    frame's noise floor are set to 0; the PSF is then clipped at zero, centred on
+    its centroid, cropped to the centred window holding ``energy`` of its mass and
+    normalised to sum 1.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -196,19 +412,12 @@ def load_psf(path: str | os.PathLike, energy: float = 0.999, background: bool = 
         a = np.asarray(iio.imread(path))
         if a.ndim == 3 and a.shape[-1] in (3, 4):
             a = a[..., :3].mean(axis=-1)
-    a = np.squeeze(np.asarray(a, dtype=np.float64))
-    if a.ndim == 3:
-        z = int(np.unravel_index(np.argmax(a), a.shape)[0])
-        warnings.warn(f"{path.name} is a 3D PSF {a.shape}; using its focal plane z={z} (brightest pixel)", stacklevel=2)
-        a = a[z]
-    if a.ndim != 2:
-        raise ValueError(f"{path.name}: a PSF must be 2D or 3D, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{path.name}: the PSF contains NaN or infinite values")
-    if background and min(a.shape) >= 5:
-        frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-        a = a - np.median(frame)
-    a = np.clip(a, 0, None)
-    if a.sum() <= 0:
-        raise ValueError(f"{path.name}: the PSF has no positive mass")
-    return crop_psf(center_psf(a), energy)
+    try:
+        prepared = prepare_measured_psf(a, energy, background)
+    except ValueError as err:
+        raise ValueError(f"{path.name}: {err}") from None
+    if prepared.focal_plane is not None:
+        shape = np.squeeze(np.asarray(a)).shape
+        warnings.warn(f"{path.name} is a 3D PSF {shape}; using its focal plane z={prepared.focal_plane} "
+                      "(brightest pixel)", stacklevel=2)
+    return prepared.kernel
