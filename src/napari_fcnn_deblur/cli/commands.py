@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import deblur, deblur_stages
+from ..api import deblur, deblur_stages, is_volume_kernel
 from ..data.psf import KERNEL_PREPS, prepare_psf
 from ..engine.intensity import intensity_scaling
 from ..engine.layout import PlaneLayout
 from ..engine.run import DeblurRun, Progress
+from ..engine.volume import VolumeRun
 from ..io.images import (
     IMAGE_SUFFIXES,
     INTEGER_ONLY_SUFFIXES,
@@ -25,6 +26,7 @@ from ..io.images import (
     read_array,
     read_tiff_metadata,
     require,
+    spacing_um,
     store_zarr_plane,
     to_output_dtype,
     write_image_atomic,
@@ -36,13 +38,28 @@ from ..io.images import (
 # ----------------------------------------------------------------------------- deblur command
 
 
+#: Files --noise reads as a per-pixel noise s.d. map.
+NOISE_MAP_SUFFIXES = (".npy", ".tif", ".tiff")
+
+
 def _noise_arg(text: str):
+    """--noise: a number (s.d. on the [0, 1] scale), 'auto', or a .npy/.tif noise map file (read now)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+        pass
+    path = Path(text)
+    if path.suffix.lower() not in NOISE_MAP_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'auto' or a noise map file ({', '.join(NOISE_MAP_SUFFIXES)}), got {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"noise map file not found: {path}")
+    try:
+        return read_array(path)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"cannot read the noise map {path}: {err}") from None
 
 
 def _tile_arg(text: str) -> int | None:
@@ -68,13 +85,14 @@ def _progress(args, total: int, desc: str, unit: str = "plane"):
     return tqdm(total=total, desc=desc, unit=unit, disable=args.quiet, file=sys.stderr, leave=False)
 
 
-def _report_noise(args, noise: float, model) -> None:
-    from ..io.models import nearest_trained_level
-
-    msg = f"estimated noise level: {noise:.4g} ({100 * noise:.2f} % of the [0, 1] range)"
-    if model is None:
-        msg += f"; using the model trained for {nearest_trained_level(noise):g}"
-    print(msg, file=sys.stderr)
+def _report_noise(args, run: DeblurRun) -> None:
+    """The noise (the estimate with --noise auto: always printed) and the model the run uses."""
+    msg = f"{'estimated noise level' if run.noise.estimated else 'noise level'}: {run.noise.describe()}; " \
+          f"model: {run.model_description}"
+    if run.noise.estimated:
+        print(msg, file=sys.stderr)
+    else:
+        _say(args, msg)
 
 
 def _check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
@@ -133,6 +151,9 @@ def _cmd_deblur(args) -> int:
         k = read_array(Path(path)).astype(np.float64)
         if k.ndim == 3 and k.shape[-1] in (3, 4):
             k = k[..., :3].mean(-1)
+        if is_volume_kernel(k):  # a 3D PSF: volumetric deconvolution
+            kernels.append(_volume_psf(args, Path(path), k))
+            continue
         try:  # a measured PSF (background, off-centre) is prepared as psf.load_psf does; other kernels untouched
             prepared = prepare_psf(k, args.kernel_prep)
         except ValueError as err:
@@ -143,6 +164,7 @@ def _cmd_deblur(args) -> int:
     if len(kernels) > 1 and args.channel_axis is None:
         raise ValueError("several --kernel files need --channel-axis (one kernel per channel)")
     kernel = kernels[0] if len(kernels) == 1 else kernels
+    args.psf_spacing_found = args.psf_spacing or _file_spacing(Path(args.kernel[0]))
     pairs = _job_pairs(image_path, out)
     if args.skip_existing:
         skipped = [dst for _, dst in pairs if dst.exists()]
@@ -183,13 +205,66 @@ def _cmd_deblur(args) -> int:
     return 0
 
 
-def _prepare_run(args, image, kernel: np.ndarray) -> DeblurRun:
+def _volume_psf(args, path: Path, k: np.ndarray) -> np.ndarray:
+    """A 3D PSF file: a measured bead z-stack (background, off-centre; --kernel-prep measured, or auto when its
+    box's faces show a background) is prepared by psf3d.prepare_measured_psf_3d; a computed PSF is used as is."""
+    from ..data.psf import looks_measured
+    from ..data.psf3d import prepare_measured_psf_3d
+
+    if args.kernel_prep == "raw" or (args.kernel_prep == "auto" and not looks_measured(k)):
+        return k
+    try:
+        prepared = prepare_measured_psf_3d(k, threshold=2.0)
+    except ValueError as err:
+        raise ValueError(f"kernel {path}: {err}") from None
+    _say(args, f"kernel {path}: measured 3D PSF: background and 2 σ of noise subtracted, recentred, cropped from "
+               f"{'×'.join(map(str, k.shape))} to {'×'.join(map(str, prepared.shape))}, normalised")
+    return prepared
+
+
+def _file_spacing(path: Path, zin=None) -> tuple[float, float, float] | None:
+    """Voxel size (dz, dy, dx) in µm from a TIFF's (OME / ImageJ) or an OME-Zarr's metadata, if it states all three."""
+    if zin is not None:
+        return spacing_um(zin)
+    meta = read_tiff_metadata(path) if path.is_file() else None
+    return None if meta is None else spacing_um(meta)
+
+
+def _volume_spacing(args, src: Path, zin, kernel, ndim: int) -> tuple:
+    """(spacing, psf_spacing) of a volumetric run: --spacing / --psf-spacing, else the files' metadata (µm).
+    A PSF without a voxel size is taken on the image's grid.  (None, None) for planes (a 3D PSF with a 2D
+    image is the engine's clear error)."""
+    if ndim < 3 or not is_volume_kernel(kernel if not isinstance(kernel, list) else kernel[0]):
+        return None, None
+    spacing = tuple(args.spacing) if args.spacing else _file_spacing(src, zin)
+    psf_spacing = tuple(args.psf_spacing_found) if args.psf_spacing_found else None
+    if psf_spacing is not None and spacing is None:
+        raise ValueError(f"the PSF's voxel size is {psf_spacing} µm but {src.name} states none: pass --spacing DZ DY DX")
+    if spacing is not None and psf_spacing is None:
+        _say(args, f"{src.name}: voxel size {spacing} µm; the PSF states none and is taken on the image's grid")
+        spacing = None
+    return spacing, psf_spacing
+
+
+def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None) -> "DeblurRun | VolumeRun":
     """The run for one input (eager or dask), with the noise estimate reported when it was asked for."""
-    run = DeblurRun.prepare(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                            args.intensity_range, precision=args.precision)
-    if args.noise == "auto":
-        _report_noise(args, run.noise_level, args.model)
+    if is_volume_kernel(kernel):
+        noise = "auto" if args.noise is None else args.noise
+        run = VolumeRun.prepare(image, kernel, noise, args.iterations, args.device, args.model, args.intensity_range,
+                                args.precision, spacing, psf_spacing)
+    else:
+        run = DeblurRun.prepare(image, kernel, _noise(args), args.iterations, args.device, args.model,
+                                args.tile_size, args.intensity_range, precision=args.precision)
+    _report_noise(args, run)
     return run
+
+
+def _noise(args, kernel=None):
+    """--noise as given; its default: 'auto' for a 3D PSF (camera z-stacks), 0.01 otherwise."""
+    if args.noise is not None:
+        return args.noise
+    k = kernel[0] if isinstance(kernel, list) else kernel
+    return "auto" if k is not None and is_volume_kernel(k) else 0.01
 
 
 def _progress_callback(bar):
@@ -206,14 +281,21 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     zin = open_zarr_input(src) if is_zarr(src) else None
     image = np.asarray(zin.array[...]) if zin is not None else read_array(src)
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), image)
+    spacing, psf_spacing = _volume_spacing(args, src, zin, kernel, image.ndim)
     if args.channel_axis is not None:  # each channel its own image (kernel, noise, intensity map)
-        result = deblur(image, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                        args.intensity_range, precision=args.precision, channel_axis=args.channel_axis)
+        result = deblur(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model, args.tile_size,
+                        args.intensity_range, precision=args.precision, channel_axis=args.channel_axis,
+                        spacing=spacing, psf_spacing=psf_spacing)
         layout = PlaneLayout.of(result.shape, rgb=False)
     else:
-        run = _prepare_run(args, image, kernel)
-        layout = run.layout(image)
-        bar = _progress(args, layout.n_planes * (run.iterations + 1), src.name, unit="plane-step")
+        run = _prepare_run(args, image, kernel, spacing, psf_spacing)
+        if isinstance(run, VolumeRun):
+            layout = PlaneLayout.of(image.shape, rgb=False)
+            total, unit = int(np.prod(image.shape[:-3])) * (run.iterations + 1), "volume-step"
+        else:
+            layout = run.layout(image)
+            total, unit = layout.n_planes * (run.iterations + 1), "plane-step"
+        bar = _progress(args, total, src.name, unit=unit)
         try:
             result = run.deblur(image, _progress_callback(bar))
         finally:
@@ -257,9 +339,11 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
         )
         like_dtype = image.dtype
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), np.zeros(0, like_dtype))
-    if args.channel_axis is not None:
-        result = deblur(lazy_in, kernel, args.noise, args.iterations, args.device, args.model, args.tile_size,
-                        args.intensity_range, precision=args.precision, channel_axis=args.channel_axis)
+    spacing, psf_spacing = _volume_spacing(args, src, zin, kernel, lazy_in.ndim)
+    if args.channel_axis is not None or spacing is not None or is_volume_kernel(kernel):
+        result = deblur(lazy_in, kernel, _noise(args, kernel), args.iterations, args.device, args.model,
+                        args.tile_size, args.intensity_range, precision=args.precision, channel_axis=args.channel_axis,
+                        spacing=spacing, psf_spacing=psf_spacing)
         rgb = False
     else:
         run = _prepare_run(args, lazy_in, kernel)
@@ -331,13 +415,14 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     _check_dtype_fits(out, dtype, image)
     # checked and the model loaded first: the stage count (default: all of the model's) names the files
     if args.channel_axis is not None:
-        stages = deblur_stages(image, kernel, args.noise, args.iterations, args.device, args.model,
+        stages = deblur_stages(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model,
                                intensity_range=args.intensity_range, precision=args.precision,
                                channel_axis=args.channel_axis)
         first = next(stages)
         n_stages, stages = first.iterations, itertools.chain([first], stages)
     else:
-        run = _prepare_run(args, image, kernel)
+        spacing, psf_spacing = _volume_spacing(args, image_path, None, kernel, image.ndim)
+        run = _prepare_run(args, image, kernel, spacing, psf_spacing)
         n_stages, stages = run.iterations, run.stages(image)
     vr = _conversion_range(args, image, dtype, None if args.channel_axis is None else False)
     meta = read_tiff_metadata(image_path)
@@ -483,13 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--noise",
         type=_noise_arg,
-        default=0.01,
-        help="noise s.d. on the [0, 1] scale (default 0.01), or 'auto' to estimate (and print) it",
+        default=None,
+        help="noise s.d. on the [0, 1] scale (default 0.01; 'auto' with a 3D PSF); 'auto' to estimate (and print) it: a σ, or "
+             "Poisson–Gaussian a, b (σ²(x) = a·x + b) for photon noise; or a .npy/.tif file with the noise s.d. "
+             "of every pixel (the image's shape or one plane's, on the [0, 1] scale)",
     )
     d.add_argument("--iterations", type=int, default=None,
                    help="FCNN stages to run (default: all stages of the model)")
+    d.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("DZ", "DY", "DX"),
+                   help="voxel size of the image in µm (default: from its OME-TIFF / ImageJ TIFF / OME-Zarr metadata); "
+                        "with a 3D PSF whose voxel size differs, the PSF is resampled to the image's grid")
+    d.add_argument("--psf-spacing", type=float, nargs=3, default=None, metavar=("DZ", "DY", "DX"),
+                   help="voxel size of the 3D PSF in µm (default: from the PSF file's metadata; none: the image's grid)")
     d.add_argument("--device", default="auto")
-    d.add_argument("--model", default=None, help="cascade file (.safetensors) instead of the shipped one")
+    d.add_argument("--model", default=None,
+                   help="'noisemap' (one model for any noise), 'per-level' (the shipped 1/3/5 %% cascade nearest to "
+                        "the noise level) or a cascade file (.safetensors); default: the noise-map cascade, or the "
+                        "per-level one for Gaussian noise at levels where it validates better")
     d.add_argument("-o", "--output", required=True)
     d.add_argument(
         "--dtype",

@@ -265,10 +265,14 @@ class PreparedPsf:
 
 
 def _frame(a: np.ndarray) -> np.ndarray | None:
-    """The outer 1-pixel frame of a 2D array (None when a side is < 5 px: too small to have one)."""
-    if a.ndim != 2 or min(a.shape) < 5:
+    """The outer 1-pixel frame of a 2D array, or the six faces of a 3D one (None when a side is < 5 px:
+    too small to have one)."""
+    if a.ndim not in (2, 3) or min(a.shape) < 5:
         return None
-    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    faces = []
+    for ax in range(a.ndim):
+        faces += [np.take(a, 0, axis=ax).ravel(), np.take(a, -1, axis=ax).ravel()]
+    return np.concatenate(faces)
 
 
 def frame_background(psf: np.ndarray) -> float:
@@ -284,7 +288,7 @@ def frame_noise(psf: np.ndarray) -> float:
 
 
 def looks_measured(kernel: np.ndarray) -> bool:
-    """Whether a 2D kernel looks like a measured PSF rather than a computed kernel (the ``auto`` rule).
+    """Whether a 2D kernel (or a 3D PSF: by an offset under all of it, its 1st percentile) looks like a measured PSF rather than a computed kernel (the ``auto`` rule).
 
     It does when its frame has a background — :func:`frame_background` above
     :data:`BACKGROUND_FRACTION` of its peak, but below the peak (a flat box kernel has no background) —
@@ -294,13 +298,18 @@ def looks_measured(kernel: np.ndarray) -> bool:
     kernel's frame, not its centroid, says where the result lands.
     """
     k = np.asarray(kernel, dtype=np.float64)
-    if k.ndim != 2 or k.size == 0 or not np.all(np.isfinite(k)):
+    if k.ndim not in (2, 3) or k.size == 0 or not np.all(np.isfinite(k)):
         return False
     peak = float(k.max())
     if peak <= 0:
         return False
-    bg = frame_background(k)
-    return BACKGROUND_FRACTION * peak < bg < peak or float(k.min()) < -BACKGROUND_FRACTION * peak
+    if float(k.min()) < -BACKGROUND_FRACTION * peak:
+        return True
+    if k.ndim == 3:  # a computed widefield PSF carries light up to its box's faces (defocus): look for an offset
+        bg = float(np.percentile(k, 1))
+    else:
+        bg = frame_background(k)
+    return BACKGROUND_FRACTION * peak < bg < peak
 
 
 def prepare_measured_psf(psf: np.ndarray, energy: float = 0.999, background: bool = True) -> PreparedPsf:
@@ -383,7 +392,7 @@ def prepare_psf(kernel: np.ndarray, mode: str = "auto", energy: float = 0.999) -
     a = np.asarray(kernel)
     if mode == "raw" or not (np.issubdtype(a.dtype, np.number) and a.dtype != bool and not np.iscomplexobj(a)):
         return PreparedPsf(kernel)
-    if looks_measured(np.squeeze(a)):
+    if np.squeeze(a).ndim == 2 and looks_measured(np.squeeze(a)):  # 3D PSFs: psf3d.prepare_measured_psf_3d
         return prepare_measured_psf(a, energy)
     return PreparedPsf(kernel)
 

@@ -379,6 +379,35 @@ def tiff_pixel_sizes(meta: TiffMetadata) -> tuple[dict[str, float], dict[str, st
     return sizes, units
 
 
+#: Micrometres per unit of the lengths in TIFF / OME-Zarr metadata.
+UM_PER_UNIT = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6}
+
+
+def spacing_um(source) -> tuple[float, float, float] | None:
+    """Voxel size (dz, dy, dx) in µm stated by a TIFF's metadata (:class:`TiffMetadata`) or an OME-Zarr input
+    (:class:`ZarrInput`, level 0's scale and its axes' units); None unless all three are stated."""
+    if isinstance(source, TiffMetadata):
+        sizes, units = tiff_pixel_sizes(source)
+    elif isinstance(source, ZarrInput) and source.group_attrs:
+        attrs = source.group_attrs.get("ome", source.group_attrs)
+        try:
+            ms = attrs["multiscales"][0]
+            axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
+            scale = next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
+        except (KeyError, IndexError, StopIteration, TypeError):
+            return None
+        sizes = {a: float(v) for a, v in zip(axes, scale)}
+        units = {a["name"]: a.get("unit", "micrometer") for a in ms["axes"] if isinstance(a, dict)}
+    else:
+        return None
+    if not all(a in sizes for a in "zyx"):
+        return None
+    try:
+        return tuple(sizes[a] * UM_PER_UNIT[units.get(a, "micrometer")] for a in "zyx")  # type: ignore[return-value]
+    except KeyError:  # a unit that is not a length
+        return None
+
+
 def ome_zarr_layout(meta: TiffMetadata | None, shape: tuple[int, ...], rgb: bool) -> ZarrInput | None:
     """An OME-Zarr 0.5 layout (axes, physical scales, a 2× pyramid) for a result of ``shape`` whose input
     was a TIFF with ``meta``; None (a plain zarr array) when the TIFF's axes are not OME-Zarr's order."""
