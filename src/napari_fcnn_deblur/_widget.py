@@ -17,18 +17,27 @@ gradients into ``.npy`` files of a temporary folder (:class:`_ScratchFolder`)
 that their layers show lazily (memory-mapped, read only where displayed).
 Peak memory is thus about the final result plus one chunk's working memory
 instead of a float32 copy per stage and two more per stage with gradients.
+
+Volumes: a 3D PSF (a kernel layer with several planes, or a generated 3D
+widefield / confocal PSF) on a layer with at least three axes runs
+volumetrically (:class:`~napari_fcnn_deblur.engine.volume.VolumeRun`): the last
+three axes are (Z, Y, X), leading axes are a stack of volumes.  The preview
+deconvolves the z-slab of ±(PSF depth) planes around the plane on screen (the
+whole (Y, X) extent) and shows that slab in place; stage layers are 3D, with
+grad x / y / z layers when asked.  A 2D kernel on such a layer stays plane by plane.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +61,8 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from .api import DeblurRun, Progress, StageResult
-from .data import psf
+from .api import DeblurRun, Progress, StageResult, VolumeRun, is_volume_kernel
+from .data import psf, psf3d
 from .engine.devices import PRECISIONS, available_devices
 from .engine.kernels import prepare_kernel
 from .engine.layout import PlaneLayout
@@ -86,7 +95,17 @@ GAUSSIAN = "Gaussian"
 DISK = "disk (defocus)"
 MOTION = "linear motion"
 WIDEFIELD = "widefield (Airy)"
-GENERATORS = (GAUSSIAN, DISK, MOTION, WIDEFIELD)
+WIDEFIELD_3D = "3D widefield (Born–Wolf)"
+CONFOCAL_3D = "3D confocal"
+#: Generators of 3D PSFs (for z-stacks: the run is volumetric).
+GENERATORS_3D = (WIDEFIELD_3D, CONFOCAL_3D)
+GENERATORS = (GAUSSIAN, DISK, MOTION, WIDEFIELD, *GENERATORS_3D)
+#: Largest generated 3D PSF, (Z, Y, X) voxels: the generators' automatic box (which may hold a hundred
+#: planes of widefield light) is capped here, and to the volume, so that runs and previews stay fast.
+MAX_GENERATED_3D = (15, 31, 31)
+#: A measured bead z-stack's noise floor subtracted after its background, in robust σ of its box's faces
+#: (what ``fcnn-deblur deblur`` does with a measured 3D PSF).
+BEAD_NOISE_FLOOR = 2.0
 
 #: What happens to a kernel *layer* before use (the modes of :func:`.psf.prepare_psf`, as on the command line).
 KERNEL_PREP_CHOICES = [
@@ -117,7 +136,7 @@ class _Job:
     source_name: str
     data: Any  # the source layer's array (numpy, dask, zarr...): only ever read
     rgb: bool
-    kernel: np.ndarray
+    kernel: np.ndarray | None  # None: a generated 3D PSF, computed by the worker (kernel_recipe)
     noise_level: float | str  # AUTO: estimated once by the engine for the whole layer
     iterations: int
     device: str
@@ -129,6 +148,16 @@ class _Job:
     gradients: bool = False  # the user asked for the gradient layers
     scratch: Path | None = None  # a whole-layer run of a stack: folder for its on-disk stages and gradients
     kernel_note: str = ""  # what the measured-PSF preparation did to the kernel layer ("" when nothing)
+    volume: bool = False  # a 3D PSF: the last three axes are (Z, Y, X), deconvolved in 3D (VolumeRun)
+    spacing: tuple[float, float, float] | None = None  # the image's voxel size, when the PSF is resampled to it ...
+    psf_spacing: tuple[float, float, float] | None = None  # ... from the PSF layer's (same unit)
+    grid_note: str = ""  # how the PSF is put on the image's voxel grid, in words ("" when it already is)
+    kernel_recipe: Callable[[], np.ndarray] | None = None  # a generated 3D PSF (computed off the GUI thread)
+    z_index: int | None = None  # a volume preview: the plane on screen (the worker runs the slab around it)
+
+    def item_ndim(self) -> int:
+        """Axes of one item the engine runs: a volume (3), an RGB plane (3) or a plane (2); the others lead."""
+        return 3 if self.volume or self.rgb else 2
 
 
 @dataclass
@@ -136,6 +165,15 @@ class _NoiseEstimated:
     """The noise level the engine estimated (before the first stage)."""
 
     value: float
+    text: str = ""  # the engine's words for it (NoiseLevel.describe), for volumes
+
+
+@dataclass
+class _VolumeReady:
+    """A volumetric run is prepared: the PSF's shape on the image's grid and (preview) the z-slab it runs."""
+
+    kernel_shape: tuple[int, ...]
+    slab: tuple[int, int] | None = None  # planes z0:z1 of the volume
 
 
 @dataclass
@@ -210,33 +248,105 @@ def _no_model_message(noise_level: float | str) -> str:
     )
 
 
-def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
+def _no_volume_model_message() -> str:
+    return (
+        "The volume cascade (the model for 3D PSFs) is not installed. Under 'Model', choose "
+        f"'{FROM_FILE}' and pick a volume cascade file (.safetensors), or reinstall napari-fcnn-deblur."
+    )
+
+
+def _prepare_run(job: _Job, kernel: np.ndarray) -> DeblurRun | VolumeRun:
+    """The engine's run for the whole layer (one intensity map and noise estimate for every part of it)."""
+    if job.volume:
+        return VolumeRun.prepare(job.data, kernel, job.noise_level, job.iterations, job.device, job.model,
+                                 precision=job.precision, spacing=job.spacing, psf_spacing=job.psf_spacing)
+    return DeblurRun.prepare(job.data, kernel, job.noise_level, job.iterations, job.device, job.model,
+                             precision=job.precision, rgb=job.rgb)
+
+
+def _steps(run: DeblurRun | VolumeRun, image: np.ndarray, job: _Job) -> Iterator[Progress | StageResult]:
+    return run.steps(image, job.gradients) if job.volume else run.steps(image)
+
+
+def _ready_items(run: DeblurRun | VolumeRun, job: _Job, slab: tuple[int, int] | None = None) -> Iterator[Any]:
+    """What the GUI learns once the run is prepared: a volume's PSF grid and slab, the estimated noise."""
+    if job.volume:
+        yield _VolumeReady(tuple(run.options.kernel.shape), slab)
+    if job.noise_level == AUTO and job.volume:
+        yield _NoiseEstimated(run.noise.sigma, run.noise.describe())
+    elif job.noise_level == AUTO:
+        yield _NoiseEstimated(run.noise_level)
+
+
+def _slab(depth: int, kz: int, z: int) -> tuple[int, int]:
+    """The preview's z-slab: ±``kz`` planes around plane ``z`` (2 kz + 1 planes, at least the PSF's depth),
+    moved inside a volume of ``depth`` planes."""
+    n = min(depth, 2 * kz + 1)
+    z0 = int(np.clip(z - n // 2, 0, depth - n))
+    return z0, z0 + n
+
+
+def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady | Progress]:
     """Run the engine on ``job``: progress items and one item per finished stage (quit() stops between them).
 
     The run is prepared on the whole layer, so the intensity map and the noise
     estimate are the engine's one rule for the layer, whether the whole layer
-    or one preview plane is deblurred.  A whole-layer run of a stack
-    (``job.scratch`` set) goes chunk by chunk (:func:`_stack_items`).
+    or one preview plane (volumes: a preview slab) is deblurred.  A whole-layer
+    run of a stack (``job.scratch`` set) goes chunk by chunk (:func:`_stack_items`).
     """
     index = job.plane_index
     try:
+        kernel = job.kernel
+        if job.kernel_recipe is not None:  # a generated 3D PSF: computed here, off the GUI thread
+            try:
+                kernel = job.kernel_recipe()
+            except ValueError as err:
+                text = str(err)
+                yield _Failed(f"Cannot make the kernel '{job.kernel_name}': {text[:1].lower() + text[1:]}.")
+                return
         if job.scratch is not None:
-            yield from _stack_items(job)
+            yield from _stack_items(job, kernel)
+            return
+        if job.volume:
+            yield from _volume_items(job, kernel)
             return
         image = np.asarray(job.data[index] if index else job.data)  # dask/zarr are read here, off the GUI thread
         bad = _image_problem(image, job, index)
         if bad is not None:
             yield bad
             return
-        run = DeblurRun.prepare(job.data, job.kernel, job.noise_level, job.iterations, job.device, job.model,
-                                precision=job.precision, rgb=job.rgb)
-        if job.noise_level == AUTO:
-            yield _NoiseEstimated(run.noise_level)
-        for item in run.steps(image):
+        run = _prepare_run(job, kernel)
+        yield from _ready_items(run, job)
+        for item in _steps(run, image, job):
             yield _StageDone(item) if isinstance(item, StageResult) else item
     except Exception as err:  # reported as a notification by the GUI thread, never re-raised
         yield _explain(err, job, index)
         return
+
+
+def _volume_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady
+                                                               | Progress]:
+    """One volume through the volume cascade: the whole layer, or (preview) the z-slab around the plane on screen."""
+    index = job.plane_index
+    if isinstance(job.data, np.ndarray):  # a numpy layer is checked whole (no copy) before the engine's checks
+        bad = _image_problem(job.data, job, ())
+        if bad is not None:
+            yield bad
+            return
+    run = _prepare_run(job, kernel)
+    slab = None
+    if job.preview:
+        slab = _slab(job.data.shape[-3], run.options.kernel.shape[0], int(job.z_index or 0))
+        image = np.asarray(job.data[index + (slice(*slab),)])
+    else:
+        image = np.asarray(job.data)
+    bad = _image_problem(image, job, index)
+    if bad is not None:
+        yield bad
+        return
+    yield from _ready_items(run, job, slab)
+    for item in _steps(run, image, job):
+        yield _StageDone(item) if isinstance(item, StageResult) else item
 
 
 _deblur_worker = thread_worker(_deblur_items)
@@ -262,50 +372,64 @@ def _write_items(path: Path, n: int, i0: int, values: np.ndarray) -> None:
     del out
 
 
-def _stack_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | Progress]:
-    """A whole-layer run of a stack, chunk of planes after chunk of planes, with bounded memory.
+#: The gradient layers of a run: planes have x and y, volumes x, y and z.
+GRADIENT_ROLES = {False: ("grad x", "grad y"), True: ("grad x", "grad y", "grad z")}
+
+
+def _gradients(res: StageResult) -> tuple[np.ndarray | None, ...]:
+    return res.grad_x, res.grad_y, res.grad_z
+
+
+def _stack_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady
+                                                             | Progress]:
+    """A whole-layer run of a stack (of planes, or of volumes), chunk after chunk, with bounded memory.
 
     Each chunk runs through every stage; its final stage goes into one
     in-memory float32 array, its intermediate stages and (RGB: colour-averaged)
-    gradients into ``.npy`` files in ``job.scratch``.  When every plane is done,
+    gradients into ``.npy`` files in ``job.scratch``.  When every item is done,
     one :class:`_StageDone` per stage follows, whose intermediate images and
     gradients are read-only memory maps of those files.
     """
     data, scratch = job.data, job.scratch
-    layout = PlaneLayout.of(data.shape, job.rgb)
-    lead = layout.lead
+    shape = tuple(data.shape)
+    roles = GRADIENT_ROLES[job.volume]
+    if job.volume:  # items are volumes (Z, Y, X); progress counts volume-steps
+        lead = shape[:-3]
+        units_per_item, grad_shape = 1, shape
+    else:
+        layout = PlaneLayout.of(shape, job.rgb)
+        lead = layout.lead
+        units_per_item, grad_shape = layout.n_planes // math.prod(lead), lead + layout.plane_shape
     n = math.prod(lead)
-    item_shape = tuple(data.shape[len(lead) :])  # one leading index: (Y, X) or (Y, X, 3|4)
+    item_shape = shape[len(lead) :]  # one leading index: (Y, X), (Y, X, 3|4) or (Z, Y, X)
     if isinstance(data, np.ndarray):  # a numpy layer is checked whole (no copy); lazy ones by the engine per chunk
         bad = _image_problem(data, job, ())
         if bad is not None:
             yield bad
             return
-    run = DeblurRun.prepare(data, job.kernel, job.noise_level, job.iterations, job.device, job.model,
-                            precision=job.precision, rgb=job.rgb)
-    if job.noise_level == AUTO:
-        yield _NoiseEstimated(run.noise_level)
+    run = _prepare_run(job, kernel)
+    yield from _ready_items(run, job)
     k_last = run.iterations
-    final = np.empty(tuple(data.shape), np.float32)
+    final = np.empty(shape, np.float32)
     files: dict[tuple[str, int], Path] = {("image", s): scratch / f"stage{s}.npy" for s in range(k_last)}
     if job.gradients:
         for s in range(1, k_last + 1):
-            files["grad x", s], files["grad y", s] = scratch / f"grad_x_stage{s}.npy", scratch / f"grad_y_stage{s}.npy"
+            for role in roles:
+                files[role, s] = scratch / f"{role.replace(' ', '_')}_stage{s}.npy"
     for (role, _), path in files.items():
-        shape = tuple(data.shape) if role == "image" else lead + layout.plane_shape
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()  # header and size now
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                  shape=shape if role == "image" else grad_shape).flush()  # header and size now
     per = _chunk_planes(n, math.prod(item_shape) * 4)
-    planes_per_item = layout.n_planes // n
-    total = layout.n_planes * (k_last + 1)
-    grad_step = max(64, -(-n * math.prod(layout.plane_shape) // GRADIENT_SAMPLE)) | 1  # odd: not always the same columns
+    total = n * units_per_item * (k_last + 1)
+    grad_step = max(64, -(-math.prod(grad_shape) // GRADIENT_SAMPLE)) | 1  # odd: not always the same columns
     ranges = {s: [math.inf, -math.inf] for s in range(k_last + 1)}
     samples: dict[tuple[str, int], list[np.ndarray]] = {key: [] for key in files if key[0] != "image"}
     templates: dict[int, StageResult] = {}
     for i0 in range(0, n, per):
         chunk = _read_items(data, lead, i0, min(n, i0 + per))
-        for item in run.steps(chunk):
+        for item in _steps(run, chunk, job):
             if isinstance(item, Progress):
-                yield Progress(i0 * planes_per_item * (k_last + 1) + item.done, total)
+                yield Progress(i0 * units_per_item * (k_last + 1) + item.done, total)
                 continue
             s = item.stage
             ranges[s][0] = min(ranges[s][0], float(item.image.min()))
@@ -315,22 +439,24 @@ def _stack_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated |
             else:
                 _write_items(files["image", s], n, i0, item.image)
             if job.gradients and s > 0:
-                for role, g in (("grad x", item.grad_x), ("grad y", item.grad_y)):
+                for role, g in zip(roles, _gradients(item)):
                     if job.rgb:  # one signed map per direction: the mean over colour channels
                         g = g.mean(axis=-1)
                     _write_items(files[role, s], n, i0, g)
                     samples[role, s].append(np.abs(g).ravel()[::grad_step].copy())
-            templates[s] = dataclasses.replace(item, image=None, grad_x=None, grad_y=None)
+            templates[s] = dataclasses.replace(item, image=None, grad_x=None, grad_y=None, grad_z=None)
             del item
         del chunk
     for s in range(k_last + 1):
         image = final if s == k_last else np.load(files["image", s], mmap_mode="r")
-        gx = gy = limits = None
+        grads: dict[str, np.ndarray | None] = {}
+        limits = None
         if job.gradients and s > 0:
-            gx, gy = (np.load(files[role, s], mmap_mode="r") for role in ("grad x", "grad y"))
+            grads = {role: np.load(files[role, s], mmap_mode="r") for role in roles}
             limits = tuple(float(np.percentile(np.concatenate(samples[role, s]), GRADIENT_PERCENTILE))
-                           for role in ("grad x", "grad y"))
-        res = dataclasses.replace(templates[s], image=image, grad_x=gx, grad_y=gy)
+                           for role in roles)
+        res = dataclasses.replace(templates[s], image=image, grad_x=grads.get("grad x"), grad_y=grads.get("grad y"),
+                                  grad_z=grads.get("grad z"))
         yield _StageDone(res, image_range=(ranges[s][0], ranges[s][1]), grad_limits=limits)
 
 
@@ -400,10 +526,21 @@ def _plane_ndim(layer: Image) -> int:
 
 
 def _is_kernel_like(layer: Image) -> bool:
-    """A small image whose extra axes all have length 1: what the kernel picker offers."""
+    """What the kernel picker offers: a small plane, or (greyscale) a small z-stack — a 3D PSF — whose extra
+    axes all have length 1 (at most :data:`MAX_KERNEL_SIDE` along Y and X, and along Z)."""
     shape = tuple(_layer_array(layer).shape)
-    lead, plane = shape[: -_plane_ndim(layer)], shape[-_plane_ndim(layer) :]
-    return all(s == 1 for s in lead) and 0 < max(plane[:2]) <= MAX_KERNEL_SIDE
+    nd = _plane_ndim(layer) if layer.rgb or len(shape) < 3 else 3
+    lead, item = shape[:-nd], shape[-nd:]
+    sides = item[:2] if layer.rgb else item
+    return all(s == 1 for s in lead) and 0 < min(sides) and max(sides) <= MAX_KERNEL_SIDE
+
+
+def _kernel_shape(layer: Image) -> tuple[int, ...]:
+    """A kernel layer's shape without its leading axes of length 1 (a (1, 1, 9, 9) layer is a 9 × 9 kernel)."""
+    shape = tuple(_layer_array(layer).shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
 
 
 def _kernel_named(layer: Image) -> bool:
@@ -411,8 +548,17 @@ def _kernel_named(layer: Image) -> bool:
     return "kernel" in name or "psf" in name
 
 
-def _layout_words(shape: tuple[int, ...], rgb: bool, preview: bool) -> str:
+def _layout_words(shape: tuple[int, ...], rgb: bool, preview: bool, volume: bool = False) -> str:
     """What the run takes the layer to be, in words (so a 4-channel image read as RGBA is not a surprise)."""
+    if volume:
+        n = math.prod(shape[:-3])
+        what = "volume (Z, Y, X) with a 3D PSF: 3D deconvolution"
+        if n > 1:
+            what = f"a stack of {n} volumes (…, Z, Y, X) with a 3D PSF: each volume deconvolved in 3D"
+        if preview:
+            which = " of the volume on screen" if n > 1 else ""
+            return f"{what} of the z-slab around the plane on screen{which} (preview: ±PSF depth, whole Y × X)"
+        return what
     if rgb:
         alpha = ", alpha kept as it is" if shape[-1] == 4 else ""
         return f"RGB: the 3 colour channels each deblurred{alpha}"
@@ -425,16 +571,73 @@ def _layout_words(shape: tuple[int, ...], rgb: bool, preview: bool) -> str:
             "PSF use deblur(..., channel_axis=) or fcnn-deblur --channel-axis")
 
 
-def _pixel_size_nm(layer: Image) -> float | None:
-    """The layer's pixel size along X in nanometres, when its scale has a length unit (None: no physical size)."""
+def _axis_size_nm(layer: Image, axis: int) -> float | None:
+    """The layer's scale along ``axis`` in nanometres, when that axis has a length unit (None: no physical size)."""
     units = getattr(layer, "units", None)  # napari >= 0.6
-    if not units:
+    if not units or len(units) < -axis:
         return None
     try:
-        nm = float(layer.scale[-2 if layer.rgb else -1]) * float((1 * units[-1]).to("nanometer").magnitude)
+        nm = float(layer.scale[axis]) * float((1 * units[axis]).to("nanometer").magnitude)
     except Exception:  # 'pixel' or another unit without a length
         return None
     return nm if np.isfinite(nm) and nm > 0 else None
+
+
+def _pixel_size_nm(layer: Image) -> float | None:
+    """The layer's pixel size along X in nanometres, when its scale has a length unit (None: no physical size)."""
+    return _axis_size_nm(layer, -2 if layer.rgb else -1)
+
+
+def _z_step_nm(layer: Image) -> float | None:
+    """A z-stack's plane spacing (the third axis from the end) in nanometres, when it has a length unit."""
+    if layer.rgb or layer.ndim < 3:
+        return None
+    return _axis_size_nm(layer, -3)
+
+
+def _voxel_size(layer: Image) -> tuple[tuple[float, float, float], str | None]:
+    """The layer's voxel size (dz, dy, dx): in µm when its last three axes have length units, else its scale
+    as it is (unit None)."""
+    sizes = [_axis_size_nm(layer, a) for a in (-3, -2, -1)]
+    if all(v is not None for v in sizes):
+        return tuple(v / 1000 for v in sizes), "µm"  # type: ignore[return-value, operator]
+    return tuple(float(v) for v in layer.scale[-3:]), None  # type: ignore[return-value]
+
+
+def _sizes(values, unit: str | None = None) -> str:
+    """``0.3 × 0.1 × 0.1 µm`` (sizes), or ``5 × 9 × 9`` (shapes)."""
+    text = " × ".join(f"{v:g}" for v in values)
+    return f"{text} {unit}" if unit else text
+
+
+def _psf_grid(image: Image, kernel: Image) -> tuple[tuple | None, tuple | None, str]:
+    """(spacing, psf_spacing, in words) to put a 3D PSF layer on a volume layer's voxel grid.
+
+    A PSF layer with scale 1 (and no length unit) is taken on the image's grid, like a 2D kernel; one with the
+    image's voxel size is used as it is; one with another voxel size is resampled by the engine from its
+    voxel size to the image's (``spacing``, ``psf_spacing``).  ``ValueError`` (a message for people) when the
+    two voxel sizes cannot be related: the image states none, or only one of them has a length unit.
+    """
+    ks, k_unit = _voxel_size(kernel)
+    im, i_unit = _voxel_size(image)
+    if k_unit is None and np.allclose(ks, 1.0):
+        return None, None, ""
+    if k_unit == i_unit and np.allclose(ks, im, rtol=1e-3):
+        return None, None, ""
+    fix = "or set the PSF layer's scale to 1 if it is already sampled like the image"
+    if i_unit is None and np.allclose(im, 1.0):
+        raise ValueError(
+            f"The 3D PSF layer '{kernel.name}' has voxels of {_sizes(ks, k_unit)} (its layer scale) but the image "
+            f"'{image.name}' states no voxel size (scale 1 on Z, Y and X): the PSF cannot be resampled to the "
+            f"image's grid. Set the image layer's scale to its voxel size (dz, dy, dx), {fix}."
+        )
+    if k_unit != i_unit:
+        raise ValueError(
+            f"The 3D PSF layer '{kernel.name}' has voxels of {_sizes(ks, k_unit or '(no unit)')} and the image "
+            f"'{image.name}' of {_sizes(im, i_unit or '(no unit)')}: only one of them has a length unit, so the PSF "
+            f"cannot be resampled to the image's grid. Give both layers length units (e.g. µm), {fix}."
+        )
+    return im, ks, f"resampled from voxels of {_sizes(ks, k_unit)} to the image's {_sizes(im, i_unit)}"
 
 
 def _kernel_scale_problem(image: Image, kernel: Image) -> str | None:
@@ -449,6 +652,14 @@ def _kernel_scale_problem(image: Image, kernel: Image) -> str | None:
         f"{im[0]:g} × {im[1]:g} (layer scale): the kernel must be sampled on the image's pixel grid. Resample the "
         "kernel to the image's pixel size, or set the kernel layer's scale to the image's if it already is."
     )
+
+
+def _is_volume_model(path: Path) -> bool:
+    """Whether a cascade file holds a volume cascade (for 3D PSFs), from its header only."""
+    try:
+        return model_io.read_metadata(path).get("format") == model_io.VOLUME_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def _stage_count(path: Path) -> int | None:
@@ -480,6 +691,8 @@ class _RunState:
     final: Image | None = None  # image layer of the highest stage so far
     noise_text: str = ""  # "estimated noise 2.7 % → 3 % model" once the worker has estimated it
     planes_done: int = 0  # work done (plane-steps, as in Progress), for the cancel message of stack runs
+    slab: tuple[int, int] | None = None  # a volume preview: the planes z0:z1 it deconvolved
+    kernel_shape: tuple[int, ...] = ()  # a volume run: its PSF on the image's grid
 
 
 class DeblurWidget(Container):
@@ -511,14 +724,21 @@ class DeblurWidget(Container):
         self.psf_length = FloatSpinBox(label="Length (px)", min=1.0, max=120.0, step=1.0, value=15.0)
         self.psf_angle = FloatSpinBox(label="Angle (°)", min=-180.0, max=180.0, step=1.0, value=0.0)
         self.psf_na = FloatSpinBox(label="NA", min=0.05, max=1.7, step=0.05, value=1.4)
+        self.psf_excitation = FloatSpinBox(label="Excitation λ (nm)", min=200.0, max=2000.0, step=10.0, value=488.0)
         self.psf_wavelength = FloatSpinBox(label="Emission λ (nm)", min=200.0, max=2000.0, step=10.0, value=520.0)
+        self.psf_index = FloatSpinBox(label="Refractive index", min=1.0, max=2.0, step=0.001, value=1.515)
+        self.psf_pinhole = FloatSpinBox(label="Pinhole (AU)", min=0.0, max=10.0, step=0.1, value=1.0)
         self.psf_pixel_size = FloatSpinBox(label="Pixel size (nm)", min=1.0, max=10000.0, step=1.0, value=65.0)
+        self.psf_z_step = FloatSpinBox(label="Z step (nm)", min=1.0, max=100000.0, step=10.0, value=200.0)
         self.add_kernel_button = PushButton(text="Add kernel layer")
         self._generator_params = {
             GAUSSIAN: (self.psf_sigma,),
             DISK: (self.psf_radius,),
             MOTION: (self.psf_length, self.psf_angle),
             WIDEFIELD: (self.psf_na, self.psf_wavelength, self.psf_pixel_size),
+            WIDEFIELD_3D: (self.psf_na, self.psf_wavelength, self.psf_index, self.psf_pixel_size, self.psf_z_step),
+            CONFOCAL_3D: (self.psf_na, self.psf_excitation, self.psf_wavelength, self.psf_index, self.psf_pinhole,
+                          self.psf_pixel_size, self.psf_z_step),
         }
         levels = [(f"{lv * 100:g} %", lv) for lv in model_io.TRAINED_NOISE_LEVELS] + [(ESTIMATE, AUTO)]
         self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
@@ -532,6 +752,7 @@ class DeblurWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
+        self.layout_info = Label(label="Layout", value="")
         self.status = Label(value="")
         super().__init__(
             widgets=[
@@ -544,8 +765,12 @@ class DeblurWidget(Container):
                 self.psf_length,
                 self.psf_angle,
                 self.psf_na,
+                self.psf_excitation,
                 self.psf_wavelength,
+                self.psf_index,
+                self.psf_pinhole,
                 self.psf_pixel_size,
+                self.psf_z_step,
                 self.add_kernel_button,
                 self.noise_level,
                 self.iterations,
@@ -555,6 +780,7 @@ class DeblurWidget(Container):
                 self.model_source,
                 self.model_file,
                 self.scope,
+                self.layout_info,
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                 self.progress,
                 self.status,
@@ -564,18 +790,32 @@ class DeblurWidget(Container):
         self._run: _RunState | None = None
         self._scratch = _ScratchFolder()  # on-disk layers of whole-layer stack runs
         self.activity: napari_progress | None = None  # the run's entry in napari's activity dock
+        self._volume_shown = False  # the options describe a volumetric run (3D PSF): see _update_mode
+        self._noise_before_volume: float | str | None = None  # the noise choice volumes replaced by "auto"
         self.image_layer.tooltip = "The image to sharpen. It is never modified: results go to new layers."
         self.kernel_layer.tooltip = (
             f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
-            f"{MAX_KERNEL_SIDE} × {MAX_KERNEL_SIDE} pixels)."
+            f"{MAX_KERNEL_SIDE} × {MAX_KERNEL_SIDE} pixels), or a 3D PSF (a PSF or bead z-stack, Z, Y, X) to "
+            "deconvolve a z-stack in 3D."
         )
         self.kernel_prep.tooltip = (
             "A measured PSF (a bead cropped from a camera image) is prepared like psf.load_psf does: its "
             "background (camera offset, the median of its border) is subtracted, values under 3 σ of the border's "
             "noise are set to 0, it is recentred on its centroid, cropped to 99.9 % of its mass and normalised. "
             "'auto' does this for kernels with a background or negative values, and uses computed kernels (zero "
-            "border) exactly as they are."
+            "border) exactly as they are. A bead z-stack (3D PSF) is prepared in 3D (psf3d.prepare_measured_psf_3d: "
+            f"background of its box's faces and {BEAD_NOISE_FLOOR:g} σ of their noise subtracted, recentred on its "
+            "centroid, cropped to 99 % of its mass, normalised)."
         )
+        self.psf_z_step.tooltip = (
+            "Distance between the planes of the z-stack (from the image layer's scale when it has a length unit)."
+        )
+        self.psf_pixel_size.tooltip = (
+            "Pixel size in the sample (from the image layer's scale when it has a length unit)."
+        )
+        self.psf_pinhole.tooltip = "Confocal pinhole diameter in Airy units (1 AU is the usual setting; 0: a point)."
+        self.psf_index.tooltip = "Refractive index of the immersion medium: 1.515 oil, 1.333 water, 1.0 air."
+        self.layout_info.tooltip = "How the run will read the image layer with this kernel."
         self.kernel_source.tooltip = (
             "Where the kernel comes from: a layer of the viewer, or a model PSF computed from a few parameters."
         )
@@ -588,7 +828,10 @@ class DeblurWidget(Container):
         self.show_gradients.tooltip = (
             "Also add the denoised gradients each stage used (hidden layers; for a whole stack, kept on disk)."
         )
-        self.scope.tooltip = "For stacks and time series: only the plane shown now, or every plane."
+        self.scope.tooltip = (
+            "For stacks and time series: only the plane shown now, or every plane. With a 3D PSF, the preview "
+            "deconvolves the z-slab of ±(PSF depth) planes around the plane on screen, in 3D."
+        )
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.noise_level.changed.connect(self._update_model_info)
@@ -596,6 +839,8 @@ class DeblurWidget(Container):
         self.model_file.changed.connect(self._update_model_info)
         self.image_layer.changed.connect(self._update_scope)
         self.kernel_source.changed.connect(self._update_kernel_source)
+        for picker in (self.image_layer, self.kernel_layer, self.kernel_source, self.scope):
+            picker.changed.connect(self._update_mode)
         self.add_kernel_button.changed.connect(self.add_kernel_layer)
         # Why our own connections: napari only resets choices of docked widgets; this one also works undocked.
         for event in ("inserted", "removed", "reordered"):
@@ -606,6 +851,7 @@ class DeblurWidget(Container):
         self._update_model_info()
         self._update_scope()
         self._update_kernel_source()
+        self._update_mode()
 
     # ------------------------------------------------------------------ choices and option state
 
@@ -640,9 +886,83 @@ class DeblurWidget(Container):
         self.kernel_layer.visible = source == KERNEL_LAYER
         self.kernel_prep.visible = source == KERNEL_LAYER
         self.add_kernel_button.visible = source != KERNEL_LAYER
-        for name, widgets in self._generator_params.items():
+        shown = set(map(id, self._generator_params.get(source, ())))
+        for widgets in self._generator_params.values():
             for w in widgets:
-                w.visible = name == source
+                w.visible = id(w) in shown
+
+    def _psf_is_3d(self) -> bool:
+        """Whether the chosen kernel is a 3D PSF (a generated 3D PSF, or a kernel layer with several planes)."""
+        source = self.kernel_source.value
+        if source != KERNEL_LAYER:
+            return source in GENERATORS_3D
+        kernel = self.kernel_layer.value
+        if kernel is None or kernel.rgb:
+            return False
+        return is_volume_kernel(np.broadcast_to(False, _kernel_shape(kernel)))  # a view: no data read
+
+    def _volumetric(self) -> bool:
+        """Whether Run would deconvolve volumes: a 3D PSF on a greyscale image layer with at least 3 axes."""
+        image = self.image_layer.value
+        return (image is not None and not image.rgb and len(_layer_array(image).shape) >= 3
+                and self._psf_is_3d())
+
+    def _update_mode(self, *_: Any) -> None:
+        """Say how the layer will be read, and default volumes to the estimated (Poisson–Gaussian) noise."""
+        image = self.image_layer.value
+        volume = self._volumetric()
+        if image is None:
+            self.layout_info.value = ""
+        elif self._psf_is_3d() and not volume:
+            self.layout_info.value = "a 3D PSF needs a z-stack (Z, Y, X): this layer is " + (
+                "RGB" if image.rgb else "one plane")
+        else:
+            shape = tuple(_layer_array(image).shape)
+            nd = 3 if volume else _plane_ndim(image)
+            preview = len(shape) > nd and self.scope.value == CURRENT_PLANE
+            if volume:
+                preview = self.scope.value == CURRENT_PLANE
+            words = _layout_words(shape, bool(image.rgb), preview, volume)
+            self.layout_info.value = words if volume or len(shape) == nd else f"2D kernel: {words}"
+        if volume != self._volume_shown:
+            self._volume_shown = volume
+            if volume and self.noise_level.value != AUTO:  # camera z-stacks: photon noise, estimated
+                self._noise_before_volume = self.noise_level.value
+                self.noise_level.value = AUTO
+            elif not volume:
+                if self._noise_before_volume is not None and self.noise_level.value == AUTO:
+                    self.noise_level.value = self._noise_before_volume
+                self._noise_before_volume = None
+            self._update_model_info()
+
+    def _generated_3d(self, volume_shape: tuple[int, ...] | None = None) -> tuple[Callable[[], np.ndarray], str,
+                                                                                   tuple[float, float, float]]:
+        """(recipe, name, voxel size in µm) of the selected 3D PSF generator; ValueError for impossible parameters.
+
+        The PSF's shape is the generator's automatic box, capped at :data:`MAX_GENERATED_3D` and at the
+        volume's size (largest odd sides).  Pixels are square.
+        """
+        source = self.kernel_source.value
+        na, n = float(self.psf_na.value), float(self.psf_index.value)
+        em, ex = float(self.psf_wavelength.value), float(self.psf_excitation.value)
+        dz, dx = float(self.psf_z_step.value), float(self.psf_pixel_size.value)
+        if na >= n:
+            raise ValueError(f"the NA ({na:g}) must be smaller than the refractive index ({n:g})")
+        cap = MAX_GENERATED_3D
+        if volume_shape is not None:
+            cap = tuple(max(1, min(c, s if s % 2 else s - 1)) for c, s in zip(cap, volume_shape[-3:]))
+        spacing = (dz / 1000, dx / 1000, dx / 1000)
+        voxel = f"voxel {dz:g}×{dx:g}×{dx:g} nm"
+        if source == WIDEFIELD_3D:
+            recipe = functools.partial(psf3d.widefield_psf_3d, None, spacing, na, em / 1000, n, max_shape=cap)
+            return recipe, f"3D widefield PSF NA={na:g} λ={em:g} nm n={n:g} {voxel}", spacing
+        if source == CONFOCAL_3D:
+            ph = float(self.psf_pinhole.value)
+            recipe = functools.partial(psf3d.confocal_psf_3d, None, spacing, na, ex / 1000, em / 1000, n,
+                                       pinhole=ph, max_shape=cap)
+            name = f"3D confocal PSF NA={na:g} λex={ex:g} λem={em:g} nm n={n:g} pinhole={ph:g} AU {voxel}"
+            return recipe, name, spacing
+        raise ValueError(f"'{source}' is not a 3D PSF generator")
 
     def generated_kernel(self) -> tuple[np.ndarray, str]:
         """The kernel of the selected generator and its layer name (ValueError for impossible parameters)."""
@@ -659,23 +979,36 @@ class DeblurWidget(Container):
         if source == WIDEFIELD:
             na, wl, px = self.psf_na.value, self.psf_wavelength.value, self.psf_pixel_size.value
             return psf.widefield_psf(na, wl, px), f"widefield PSF NA={na:g} λ={wl:g} nm px={px:g} nm"
+        if source in GENERATORS_3D:
+            recipe, name, _ = self._generated_3d()
+            return recipe(), name
         raise ValueError(f"'{source}' is not a kernel generator")
 
     def add_kernel_layer(self, *_: Any) -> Image | None:
-        """Add the generated kernel to the viewer as an Image layer (None, with a notification, on a problem)."""
+        """Add the generated kernel to the viewer as an Image layer (None, with a notification, on a problem).
+
+        A 3D PSF gets its voxel size as scale (µm) when the image layer has length units, so picking it as a
+        kernel layer later uses it on the image's grid (resampled if the image's voxels differ).
+        """
         try:
             k, name = self.generated_kernel()
         except ValueError as err:
             text = str(err)
             show_error(f"Cannot make the kernel: {text[:1].lower() + text[1:]}.")
             return None
-        return self.viewer.add_image(k, name=name, colormap="inferno")
+        extra: dict[str, Any] = {}
+        image = self.image_layer.value
+        if k.ndim == 3 and image is not None and _voxel_size(image)[1] is not None:
+            extra = {"scale": self._generated_3d()[2], "units": ("µm",) * 3}
+        return self.viewer.add_image(k, name=name, colormap="inferno", **extra)
 
     def _model_path(self) -> Path | None:
         """The cascade file the current options point to (None: no file chosen)."""
         if self.model_source.value == FROM_FILE:
             value = self.model_file.value
             return Path(value) if value is not None and str(value) not in ("", ".") else None
+        if self._volumetric():
+            return model_io.volume_model_path()
         level = self.noise_level.value
         return model_io.shipped_model_path(
             model_io.TRAINED_NOISE_LEVELS[0] if level == AUTO else model_io.nearest_trained_level(level)
@@ -691,7 +1024,9 @@ class DeblurWidget(Container):
             self.iterations.value = n
         if self.running:
             return
-        if self.model_source.value == SHIPPED and self.noise_level.value == AUTO:
+        if self.model_source.value == SHIPPED and self._volumetric():
+            self.status.value = "" if n is not None else "The volume cascade is not installed: choose a model file."
+        elif self.model_source.value == SHIPPED and self.noise_level.value == AUTO:
             self.status.value = "" if model_io.available_models() else "No trained model installed: choose a model file."
         elif self.model_source.value == SHIPPED and n is None:
             self.status.value = (
@@ -706,8 +1041,11 @@ class DeblurWidget(Container):
         layer = self.image_layer.value
         self.scope.visible = layer is not None and len(_layer_array(layer).shape) > _plane_ndim(layer)
         nm = _pixel_size_nm(layer) if layer is not None else None
-        if nm is not None:  # the generated PSFs follow the image's physical pixel size
+        if nm is not None:  # the generated PSFs follow the image's physical pixel size ...
             self.psf_pixel_size.value = nm
+        nm = _z_step_nm(layer) if layer is not None else None
+        if nm is not None:  # ... and a z-stack's plane spacing
+            self.psf_z_step.value = nm
 
     @property
     def running(self) -> bool:
@@ -744,8 +1082,48 @@ class DeblurWidget(Container):
                 f"The image layer '{image.name}' is empty (size {' × '.join(map(str, shape))}): nothing to deblur."
             )
             return None
+        if not generated and kernel.rgb:
+            show_error(
+                f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
+                "Right-click the layer, choose 'Split RGB', and pick one of the channels as kernel."
+            )
+            return None
+        volume = self._psf_is_3d()
+        fields = self._volume_kernel(image, kernel, shape) if volume else self._plane_kernel(image, kernel, shape)
+        if fields is None:
+            return None
+        model = self._job_model(volume)
+        if model is False:
+            return None
+        nd = 3 if volume else _plane_ndim(image)
+        lead = shape[: len(shape) - nd]
+        preview = self.scope.value == CURRENT_PLANE and (volume or bool(lead))
+        plane_index: tuple[int, ...] = ()
+        if preview and volume:  # the plane on screen: its volume (leading indices) and its z
+            *plane_index, z = self._current_index(image, shape[:-2])
+            fields["z_index"] = z
+        elif preview:
+            plane_index = self._current_index(image, lead)
+        return _Job(
+            source_name=image.name,
+            data=data,
+            rgb=bool(image.rgb),
+            noise_level=AUTO if self.noise_level.value == AUTO else float(self.noise_level.value),
+            iterations=int(min(self.iterations.value, self.iterations.max)),
+            device=str(self.device.value),
+            model=model,
+            plane_index=tuple(plane_index),
+            preview=preview,
+            precision=str(self.precision.value),
+            gradients=bool(self.show_gradients.value),
+            volume=volume,
+            **fields,
+        )
+
+    def _plane_kernel(self, image: Image, kernel: Image | None, shape: tuple[int, ...]) -> dict | None:
+        """A 2D kernel's job fields (kernel, kernel_name, kernel_note), checked; None after a notification."""
         kernel_note = ""
-        if generated:
+        if self.kernel_source.value != KERNEL_LAYER:
             try:
                 k, kernel_name = self.generated_kernel()
             except ValueError as err:
@@ -759,17 +1137,11 @@ class DeblurWidget(Container):
             if mismatch is not None:
                 show_error(mismatch)
                 return None
-            if kernel.rgb:
-                show_error(
-                    f"The kernel layer '{kernel.name}' is a colour (RGB) image; a kernel must be greyscale. "
-                    "Right-click the layer, choose 'Split RGB', and pick one of the channels as kernel."
-                )
-                return None
             k = np.squeeze(np.asarray(_layer_array(kernel)))
             if k.ndim != 2:
                 show_error(
                     f"The kernel layer '{kernel.name}' has {k.ndim} dimensions {k.shape}; the kernel must be one 2D "
-                    "image (for a 3D PSF, use its in-focus plane)."
+                    "image, or a 3D PSF (Z, Y, X) to deconvolve a z-stack in 3D."
                 )
                 return None
             try:
@@ -784,7 +1156,7 @@ class DeblurWidget(Container):
         if k.shape[0] > plane[0] or k.shape[1] > plane[1]:
             hint = (
                 "Make the PSF smaller (its parameters) or use a larger image."
-                if generated
+                if self.kernel_source.value != KERNEL_LAYER
                 else "Check the two layer choices: the kernel is the small picture of how one point is blurred."
             )
             show_error(
@@ -798,40 +1170,98 @@ class DeblurWidget(Container):
             text = str(err)
             show_error(f"The {what} cannot be used: {text[:1].lower() + text[1:]}.")
             return None
-        model: Path | None = None
+        return {"kernel": k.astype(np.float32), "kernel_name": kernel_name, "kernel_note": kernel_note}
+
+    def _volume_kernel(self, image: Image, kernel: Image | None, shape: tuple[int, ...]) -> dict | None:
+        """A 3D PSF's job fields, checked; None after a notification.
+
+        A PSF layer is prepared as a bead z-stack when 'PSF preparation' says so (auto: when its box's faces
+        show a background), and put on the image's voxel grid (:func:`_psf_grid`; the engine resamples it).
+        A generated PSF is computed by the worker on the voxel size of the spin boxes.
+        """
+        generated = self.kernel_source.value != KERNEL_LAYER
+        if generated:
+            try:
+                recipe, name, _ = self._generated_3d(shape if len(shape) >= 3 else None)
+            except ValueError as err:
+                text = str(err)
+                show_error(f"Cannot make the kernel: {text[:1].lower() + text[1:]}.")
+                return None
+            what, chosen = f"generated '{name}'", f"The generated '{name}' is a 3D PSF"
+        else:
+            name, what = kernel.name, f"3D PSF layer '{kernel.name}'"
+            chosen = f"The kernel layer '{name}' is a 3D PSF ({_sizes(_kernel_shape(kernel))} voxels)"
+        if image.rgb or len(shape) < 3:
+            show_error(
+                f"{chosen}, but the image '{image.name}' is {'an RGB image' if image.rgb else 'a single 2D plane'} "
+                f"({_sizes(shape)}): a 3D PSF deconvolves z-stacks (Z, Y, X). Pick a z-stack image layer, or a 2D "
+                "kernel (e.g. the PSF's in-focus plane) or a 2D generated PSF."
+            )
+            return None
+        if generated:
+            return {"kernel": None, "kernel_recipe": recipe, "kernel_name": name}
+        try:
+            spacing, psf_spacing, grid_note = _psf_grid(image, kernel)
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        k = np.squeeze(np.asarray(_layer_array(kernel)))
+        kernel_note = ""
+        prep = str(self.kernel_prep.value)
+        try:
+            if prep == "measured" or (prep == "auto" and psf.looks_measured(k)):
+                before = k.shape
+                k = psf3d.prepare_measured_psf_3d(k, threshold=BEAD_NOISE_FLOOR)
+                kernel_note = (f"bead z-stack: background and {BEAD_NOISE_FLOOR:g} σ of its noise subtracted, "
+                               f"recentred on its centroid, cropped from {_sizes(before)} to {_sizes(k.shape)} "
+                               "voxels, normalised to sum 1")
+            prepare_kernel(k, None, 3)  # what cannot be a PSF (NaN, negative, all zero) is said now
+        except ValueError as err:
+            text = str(err)
+            prepared = " as a measured PSF" if kernel_note or prep == "measured" else ""
+            show_error(f"The {what} cannot be used{prepared}: {text[:1].lower() + text[1:]}.")
+            return None
+        if spacing is None and any(a > b for a, b in zip(k.shape, shape[-3:])):
+            show_error(
+                f"The {what} ({_sizes(k.shape)} voxels, Z × Y × X) is larger than the volume '{image.name}' "
+                f"({_sizes(shape[-3:])} voxels): a 3D PSF must fit in the z-stack. Crop the PSF (fewer planes), "
+                "or use a z-stack with more planes."
+            )
+            return None
+        return {"kernel": np.asarray(k, np.float32), "kernel_name": name, "kernel_note": kernel_note,
+                "spacing": spacing, "psf_spacing": psf_spacing, "grid_note": grid_note}
+
+    def _job_model(self, volume: bool) -> Path | None | bool:
+        """The model file of the run (None: the shipped one), or False after a notification."""
         if self.model_source.value == FROM_FILE:
             model = self._model_path()
             if model is None or not model.is_file():
                 show_error("Choose a model file (.safetensors) under 'Model file', or switch 'Model' to shipped.")
-                return None
+                return False
             if _stage_count(model) is None:
                 show_error(f"'{model.name}' is not a napari-fcnn-deblur model file (a cascade saved as .safetensors).")
-                return None
+                return False
+            if _is_volume_model(model) != volume:
+                show_error(
+                    f"'{model.name}' is a volume cascade, for 3D PSFs; a 2D kernel needs a 2D cascade: switch "
+                    "'Model' to shipped, or pick a 2D cascade file." if not volume else
+                    f"'{model.name}' is a 2D cascade; a 3D PSF needs a volume cascade: switch 'Model' to shipped "
+                    "(the volume cascade), or pick a volume cascade file."
+                )
+                return False
+            return model
+        if volume:
+            if not model_io.volume_model_path().is_file():
+                show_error(_no_volume_model_message())
+                return False
         elif self.noise_level.value == AUTO:
             if not model_io.available_models():
                 show_error(_no_model_message(model_io.TRAINED_NOISE_LEVELS[0]))
-                return None
+                return False
         elif not self._model_path().is_file():
             show_error(_no_model_message(self.noise_level.value))
-            return None
-        lead = shape[: len(shape) - _plane_ndim(image)]
-        preview = bool(lead) and self.scope.value == CURRENT_PLANE
-        return _Job(
-            source_name=image.name,
-            data=data,
-            rgb=bool(image.rgb),
-            kernel=k.astype(np.float32),
-            noise_level=AUTO if self.noise_level.value == AUTO else float(self.noise_level.value),
-            iterations=int(min(self.iterations.value, self.iterations.max)),
-            device=str(self.device.value),
-            model=model,
-            plane_index=self._current_index(image, lead) if preview else (),
-            preview=preview,
-            kernel_name=kernel_name,
-            precision=str(self.precision.value),
-            gradients=bool(self.show_gradients.value),
-            kernel_note=kernel_note,
-        )
+            return False
+        return None
 
     def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:
         """Index of the plane on screen (viewer.dims' world position mapped into the layer's data)."""
@@ -847,7 +1277,7 @@ class DeblurWidget(Container):
             return
         source: Image = self.image_layer.value
         shape = tuple(_layer_array(source).shape)
-        lead_shape = shape[: len(shape) - _plane_ndim(source)]
+        lead_shape = shape[: len(shape) - job.item_ndim()]
         if not job.preview and math.prod(lead_shape) > 1:  # a whole stack: stages and gradients on disk
             job = self._with_scratch(job, shape)
             if job is None:
@@ -872,12 +1302,16 @@ class DeblurWidget(Container):
             out_lead=(1,) * len(lead_shape) if job.preview else lead_shape,
             show_gradients=job.gradients,
         )
-        planes = PlaneLayout.of(shape, job.rgb).n_planes // (math.prod(lead_shape) if job.preview else 1)
+        if job.volume:  # volume-steps, as VolumeRun reports them
+            planes = 1 if job.preview else math.prod(lead_shape)
+        else:
+            planes = PlaneLayout.of(shape, job.rgb).n_planes // (math.prod(lead_shape) if job.preview else 1)
         total = planes * (job.iterations + 1)
         self.progress.max, self.progress.value = total, 0
         # napari's activity dock shows the same progress (plane-steps, as the engine reports them)
         self.activity = napari_progress(total=total, desc=f"FCNN deblur: {job.source_name}")
-        self.status.value = f"Deblurring '{job.source_name}' ({_layout_words(shape, job.rgb, job.preview)})…"
+        words = _layout_words(shape, job.rgb, job.preview, job.volume)
+        self.status.value = f"Deblurring '{job.source_name}' ({words})…"
         if job.kernel_note:
             show_info(f"Kernel layer '{job.kernel_name}' prepared as a measured PSF: {job.kernel_note}.")
             self.status.value += f" PSF: {job.kernel_note}."
@@ -892,9 +1326,13 @@ class DeblurWidget(Container):
 
     def _with_scratch(self, job: _Job, shape: tuple[int, ...]) -> _Job | None:
         """``job`` with a new on-disk folder for its intermediate stages and gradients (None: not enough space)."""
-        layout = PlaneLayout.of(shape, job.rgb)
         it = job.iterations
-        need = 4 * (it * math.prod(shape) + (2 * it * math.prod(layout.lead + layout.plane_shape) if job.gradients else 0))
+        if job.volume:  # three gradients of the volume's shape
+            grads = 3 * math.prod(shape)
+        else:
+            layout = PlaneLayout.of(shape, job.rgb)
+            grads = 2 * math.prod(layout.lead + layout.plane_shape)
+        need = 4 * (it * math.prod(shape) + (it * grads if job.gradients else 0))
         try:
             folder = self._scratch.new_run()
             free = self._scratch.free_bytes()
@@ -922,7 +1360,7 @@ class DeblurWidget(Container):
 
     # ------------------------------------------------------------------ results (GUI thread)
 
-    def _on_yielded(self, item: _StageDone | _Failed | _NoiseEstimated | Progress) -> None:
+    def _on_yielded(self, item: _StageDone | _Failed | _NoiseEstimated | _VolumeReady | Progress) -> None:
         run = self._run
         if run is None:
             return
@@ -932,8 +1370,11 @@ class DeblurWidget(Container):
             if self.activity is not None:
                 self.activity.update(item.done - self.activity.n)
             return
+        if isinstance(item, _VolumeReady):
+            self._volume_ready(run, item)
+            return
         if isinstance(item, _NoiseEstimated):
-            run.noise_text = self._noise_text(item.value, run.job)
+            run.noise_text = self._noise_text(item.value, run.job, item.text)
             self.status.value = f"Deblurring '{run.job.source_name}' ({run.noise_text})…"
             return
         if isinstance(item, _Failed):
@@ -948,8 +1389,27 @@ class DeblurWidget(Container):
         self.status.value = f"Deblurring '{run.job.source_name}'{noise}: stage {res.stage}/{res.iterations} done"
 
 
+    def _volume_ready(self, run: _RunState, item: _VolumeReady) -> None:
+        """A volume run is prepared: place the preview's slab, and say how the PSF was put on the image's grid."""
+        job = run.job
+        run.kernel_shape = item.kernel_shape
+        if item.slab is not None:  # the slab's layer sits exactly at its planes of the volume
+            run.slab = item.slab
+            z_axis = len(run.source_scale) - 3
+            translate = list(run.out_translate)
+            translate[z_axis] += item.slab[0] * run.source_scale[z_axis]
+            run.out_translate = tuple(translate)
+            self.status.value = (f"Deblurring '{job.source_name}': 3D preview of planes z {item.slab[0]}–"
+                                 f"{item.slab[1] - 1} of {job.data.shape[-3]} (±{item.kernel_shape[0]} planes around "
+                                 "the plane on screen)…")
+        if job.grid_note:
+            shapes = f" ({_sizes(job.kernel.shape)} → {_sizes(item.kernel_shape)} voxels)"
+            show_info(f"3D PSF '{job.kernel_name}' {job.grid_note}{shapes}.")
+
     @staticmethod
-    def _noise_text(value: float, job: _Job) -> str:
+    def _noise_text(value: float, job: _Job, text: str = "") -> str:
+        if job.volume:
+            return f"estimated noise: {text or f'{value * 100:.1f} %'}, volume cascade"
         if job.model is not None:
             return f"estimated noise {value * 100:.1f} %, model file"
         return f"estimated noise {value * 100:.1f} % → {model_io.nearest_trained_level(value) * 100:g} % model"
@@ -961,15 +1421,14 @@ class DeblurWidget(Container):
         parts: list[tuple[str, str, np.ndarray]] = []
         limits: dict[str, tuple[float, float] | None] = {"image": item.image_range}
         if res.grad_x is not None and run.show_gradients:
-            gx, gy = res.grad_x, res.grad_y
-            if job.rgb and gx.ndim == res.image.ndim:  # one signed map per direction: the mean over colour channels
-                gx, gy = gx.mean(axis=-1), gy.mean(axis=-1)
-            parts += [
-                (f"{src} grad x stage {k}{suffix}", "grad x", gx),
-                (f"{src} grad y stage {k}{suffix}", "grad y", gy),
-            ]
-            if item.grad_limits is not None:
-                limits["grad x"], limits["grad y"] = ((-m, m) for m in item.grad_limits)
+            roles = GRADIENT_ROLES[job.volume]
+            for i, (role, g) in enumerate(zip(roles, _gradients(res))):
+                if job.rgb and g.ndim == res.image.ndim:  # one signed map per direction: the mean over colour channels
+                    g = g.mean(axis=-1)
+                parts.append((f"{src} {role} stage {k}{suffix}", role, g))
+                if item.grad_limits is not None:
+                    m = item.grad_limits[i]
+                    limits[role] = (-m, m)
         parts.append((f"{src} stage {k}{suffix}", "image", res.image))
         for name, role, data in parts:
             if job.preview:  # one plane of a stack: a layer with the stack's dimensions, one plane deep
@@ -1017,7 +1476,13 @@ class DeblurWidget(Container):
             "model": str(job.model) if job.model else "shipped",
             "kernel_preparation": job.kernel_note or "used as it is",
             "on_disk": isinstance(data, np.memmap),
+            "volumetric": job.volume,
         }
+        if job.volume:
+            info["kernel_shape"] = run.kernel_shape  # the PSF on the image's voxel grid
+            info["kernel_grid"] = job.grid_note or "used on the image's voxel grid"
+            info["slab"] = run.slab  # a preview: the planes z0:z1 it deconvolved
+            info["noise"] = res.noise.describe() if res.noise is not None else ""
         existing = next((lyr for lyr in self._own_layers(job.source_name, job.preview) if lyr.name == name), None)
         if existing is not None and existing.rgb == rgb and existing.data.ndim == data.ndim:
             existing.data = data
@@ -1094,5 +1559,8 @@ class DeblurWidget(Container):
             self.viewer.layers.selection.active = run.final
             noise = f" ({run.noise_text})" if run.noise_text else ""
             kernel = f" PSF: {run.job.kernel_note}." if run.job.kernel_note else ""
-            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'{noise}.{kernel}"
+            if run.job.grid_note:
+                kernel += f" PSF {run.job.grid_note}."
+            slab = f" (3D preview of planes z {run.slab[0]}–{run.slab[1] - 1})" if run.slab is not None else ""
+            self.status.value = f"Done in {elapsed:.1f} s: '{run.final.name}'{slab}{noise}.{kernel}"
         self.run_finished.emit("done")
