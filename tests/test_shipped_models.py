@@ -7,7 +7,14 @@ from conftest import psnr
 from napari_fcnn_deblur import deblur
 from napari_fcnn_deblur.data.psf import gaussian_psf
 from napari_fcnn_deblur.data.samples import blur_valid
-from napari_fcnn_deblur.io.models import TRAINED_NOISE_LEVELS, available_models, load_cascade, shipped_model_path
+from napari_fcnn_deblur.io.models import (
+    TRAINED_NOISE_LEVELS,
+    available_models,
+    default_rule,
+    load_cascade,
+    noisemap_model_path,
+    shipped_model_path,
+)
 
 
 def test_every_level_is_shipped():
@@ -40,3 +47,15 @@ def test_smooth_psf_also_improves():
     sharp = data.camera()[60:252, 150:342].astype(np.float32) / 255
     blurry, gt = blur_valid(sharp, gaussian_psf(1.5), 0.01, seed=5)
     assert psnr(deblur(blurry, gaussian_psf(1.5), noise_level=0.01), gt) > psnr(blurry, gt) + 1.5
+
+
+def test_noisemap_cascade_is_shipped_with_its_default_table():
+    """The noise-map cascade is installed and carries the measured table of the default choice."""
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+
+    c = load_cascade(noisemap_model_path())
+    assert isinstance(c, NoiseMapCascade) and c.n_stages == 3 and c.width == 64
+    table = default_rule()
+    assert table is not None and table["measured_by"] == "benchmarks/default_model.py"
+    assert {0.01, 0.03, 0.05, 0.10} <= set(table["sigma"])
+    assert len(table["noisemap_db"]) == len(table["per_level_db"]) == len(table["sigma"])

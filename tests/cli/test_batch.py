@@ -164,6 +164,8 @@ def three_models(tmp_path, monkeypatch):
         c.noise_level = level
         paths[level] = model_io.save_cascade(c, tmp_path / f"fcnn_noise{level:.2f}.safetensors")
     monkeypatch.setattr(model_io, "shipped_model_path", lambda level: paths[level])
+    # no noise-map cascade: the default is the nearest per-level one, whatever the measured table says
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: tmp_path / "no_noisemap.safetensors")
     return paths
 
 
@@ -200,7 +202,7 @@ def test_cli_noise_auto_prints_estimate(noisy3, three_models, tmp_path, capsys):
     args = ["deblur", str(tmp_path / "img.tif"), "-k", str(tmp_path / "k.npy"), "--noise", "auto", "--iterations", "1"]
     assert main(args + ["-o", str(tmp_path / "out.tif"), "-q"]) == 0
     err = capsys.readouterr().err
-    assert "estimated noise level: 0.03" in err and "trained for 0.03" in err
+    assert "estimated noise level: σ = 0.03" in err and "model: per-level cascade 3 %" in err
     with pytest.raises(SystemExit):
         main(args[:-2] + ["--noise", "loud", "-o", str(tmp_path / "bad.tif")])
 

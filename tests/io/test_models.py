@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -50,8 +52,49 @@ def test_nearest_level_rule(level, expected):
 
 def test_missing_shipped_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(model_io, "shipped_model_path", lambda lv: tmp_path / f"none{lv}.safetensors")
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: tmp_path / "none.safetensors")
     with pytest.raises(ModelNotFoundError, match="no trained model is installed"):
         get_model(None, 0.01)
+    with pytest.raises(ModelNotFoundError, match="noise-map cascade is not installed"):
+        get_model("noisemap", 0.01)
+
+
+def _noisemap_file(tmp_path, table=None):
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+
+    meta = {} if table is None else {model_io.DEFAULT_RULE_KEY: json.dumps(table)}
+    return save_cascade(NoiseMapCascade(1, width=4, metadata=meta), tmp_path / "nm.safetensors")
+
+
+def test_default_model_follows_the_measured_table(monkeypatch, tmp_path):
+    """model=None: the noise-map cascade, except Gaussian noise where the table says the per-level cascade wins."""
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+
+    table = {"sigma": [0.01, 0.03, 0.05, 0.10], "noisemap_db": [26.0, 24.5, 23.5, 21.0],
+             "per_level_db": [27.0, 24.0, 23.8, 16.0]}
+    path = _noisemap_file(tmp_path, table)
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: path)
+    assert model_io.per_level_margin(0.01, table) == pytest.approx(-1.0)
+    assert model_io.per_level_margin(0.002, table) == pytest.approx(-1.0)  # held at the ends
+    for sigma, expected in [(0.005, "per-level cascade 1 %"), (0.01, "per-level cascade 1 %"),
+                            (0.03, "noise-map cascade"), (0.05, "per-level cascade 5 %"),
+                            (0.08, "noise-map cascade"), (0.3, "noise-map cascade")]:
+        choice = model_io.select_model(None, sigma)
+        assert choice.label == expected, (sigma, choice.describe())
+        assert choice.reason.startswith("default: ") and "measured table" in choice.reason
+    # signal-dependent noise and noise maps: always the noise-map cascade
+    assert isinstance(get_model(None, 0.01, gaussian=False), NoiseMapCascade)
+    # a noise-map file without a table (a freshly trained one): the noise-map cascade everywhere
+    (tmp_path / "x").mkdir()
+    bare = _noisemap_file(tmp_path / "x", None)
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: bare)
+    assert model_io.select_model(None, 0.01).describe() == "noise-map cascade (default)"
+
+
+def test_a_broken_table_is_a_clear_error(tmp_path):
+    p = _noisemap_file(tmp_path, {"sigma": [0.03, 0.01], "noisemap_db": [1, 2], "per_level_db": [1, 2]})
+    with pytest.raises(ValueError, match="ascending levels"):
+        model_io.default_rule(p)
 
 
 def test_model_cache_returns_same_object(tmp_path):
@@ -81,9 +124,8 @@ def test_one_loader_for_plain_and_noise_map_cascades(tmp_path):
     assert type(plain) is Cascade and plain.n_stages == 3
     with torch.no_grad():
         assert torch.isfinite(plain(y, k)).all()
-    # deblur() cannot give a noise map yet: a clear error rather than a channel mismatch
-    with pytest.raises(ValueError, match="noise-map cascade"):
-        get_model(p, 0.03)
+    # the engine runs both kinds: a noise-map file resolves to the noise-map cascade
+    assert isinstance(get_model(p, 0.03), NoiseMapCascade)
 
 
 def test_cache_follows_the_content_not_the_mtime(tmp_path):

@@ -20,14 +20,14 @@ cascades' schedules, the FCNNs of one of them with the map channel's weights at 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .cascade import Cascade, StageTensors
+from .cascade import Cascade, Denoise, StageTensors
 from .denoiser import GradientDenoiser, denoise_gradients
 from .solver import DeconvProblem, prepare_problem
 from .spectral import image_gradients
@@ -47,21 +47,32 @@ SIGMA_GAMMA_FLOOR: float = 0.01
 SHIPPED_LEVELS: tuple[float, ...] = (0.01, 0.03, 0.05)
 
 
-def as_noise_map(noise_map, y: torch.Tensor) -> torch.Tensor:
-    """``noise_map`` as an ``(N, H, W)`` tensor like ``y``: a float or an ``(N,)`` tensor is a constant s.d."""
-    m = torch.as_tensor(noise_map, dtype=y.dtype, device=y.device)
+def as_noise_map(noise_map, y: torch.Tensor | None = None, shape: tuple[int, ...] | None = None,
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``noise_map`` as an ``(N, H, W)`` tensor like ``y`` (or of ``shape``, ``dtype`` on ``device``).
+
+    A float or an ``(N,)`` tensor is a constant s.d. (per plane).
+    """
+    if y is not None:
+        shape, device, dtype = tuple(y.shape), y.device, y.dtype
+    m = torch.as_tensor(noise_map, dtype=dtype, device=device)
     if m.ndim == 0:
-        m = m.expand(y.shape)
+        m = m.expand(shape)
     elif m.ndim == 1:
-        m = m[:, None, None].expand(y.shape)
-    if m.shape != y.shape:
-        raise ValueError(f"noise map of shape {tuple(m.shape)} does not match the planes' {tuple(y.shape)}")
+        m = m.reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape)
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"noise map of shape {tuple(m.shape)} does not match the planes' {tuple(shape)}")
     return m
 
 
-def effective_sigma(sd_map: torch.Tensor) -> torch.Tensor:
-    """σ_eff = sqrt(mean(σ_map²)) of each plane of ``(N, H, W)`` → (N,)."""
-    return sd_map.square().mean(dim=(-2, -1)).sqrt()
+def network_condition(map_padded: torch.Tensor) -> torch.Tensor:
+    """The networks' second input channel from a noise s.d. map: :data:`NOISE_MAP_SCALE` × the map."""
+    return NOISE_MAP_SCALE * map_padded
+
+
+def effective_sigma(sd_map: torch.Tensor, ndim: int = 2) -> torch.Tensor:
+    """σ_eff = sqrt(mean(σ_map²)) of each plane ``(N, H, W)`` (or volume ``(N, D, H, W)``, ``ndim=3``) → (N,)."""
+    return sd_map.square().mean(dim=tuple(range(-ndim, 0))).sqrt()
 
 
 def fit_gamma_coeffs(gamma_schedules: Sequence[Sequence[float]], levels: Sequence[float] = SHIPPED_LEVELS) -> torch.Tensor:
@@ -90,7 +101,7 @@ class NoiseMapGrid:
 
     def __call__(self, net: nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
         return denoise_gradients(net, image_gradients(x, ndim), self.channels_last, self.autocast_dtype,
-                                 conditions=[NOISE_MAP_SCALE * self.map_padded])
+                                 conditions=[network_condition(self.map_padded)])
 
 
 class NoiseMapCascade(Cascade):
@@ -105,6 +116,9 @@ class NoiseMapCascade(Cascade):
     Parameters (state-dict keys): ``denoisers.{s}.net.{j}.weight/bias`` (2 input channels) and
     ``gamma_coeffs`` (n + 1, 3), the coefficients of log γ_i(σ).
     """
+
+    #: Spatial axes of the images it deblurs (2: planes; :class:`~.volumetric.VolumeCascade`: 3).
+    spatial_ndim: int = 2
 
     def __init__(self, n_stages: int = 3, width: int = 64, metadata: dict[str, str] | None = None) -> None:
         super().__init__(n_stages, metadata=metadata, width=width, in_channels=2)
@@ -150,23 +164,32 @@ class NoiseMapCascade(Cascade):
         autocast_dtype: torch.dtype | None = None,
         problem: DeconvProblem | None = None,
         keep_gradients: bool = True,
+        denoise: Callable[[torch.Tensor], Denoise] | None = None,
     ) -> Iterator[StageTensors]:
         """Yield the initial deconvolution, then the result of each stage (:meth:`Cascade.run`).
 
         ``noise_map``: (N, H, W) noise s.d. of every pixel of ``y`` on the [0, 1] scale, or a float
-        or an (N,) tensor (a constant s.d. per plane).  ``y`` is needed (the map's shape); ``problem``
-        may share precomputed spectra.
+        or an (N,) tensor (a constant s.d. per plane).  ``y`` and ``kernel``, or ``problem`` (a
+        :func:`~.solver.prepare_problem` of the planes: their shape and precomputed spectra).
+        ``denoise``: how the networks are applied, made from the noise map on the padded grid
+        (N, Hp, Wp) — default :class:`NoiseMapGrid`; the engine's memory-bounded tiles are another
+        (each feeds :func:`network_condition` of the map to the networks).
         """
         if noise_map is None:
             raise ValueError("a noise-map cascade needs noise_map= (the noise s.d. of every pixel)")
-        if y is None:
-            raise ValueError("a noise-map cascade needs the planes y")
-        sd = as_noise_map(noise_map, y)
         if problem is None:
-            problem = prepare_problem(y, kernel)
-        strategy = NoiseMapGrid(problem.geometry.pad(sd), channels_last, autocast_dtype)
+            if y is None:
+                raise ValueError("a noise-map cascade needs the planes y (or their problem=)")
+            problem = prepare_problem(y, kernel, ndim=self.spatial_ndim)
+        sd = as_noise_map(noise_map, shape=(problem.data.shape[0],) + problem.geometry.image_shape,
+                          device=problem.data.device, dtype=problem.data.real.dtype)
+        map_padded = problem.geometry.pad(sd)
+        if denoise is None:
+            strategy = NoiseMapGrid(map_padded, channels_last, autocast_dtype)
+        else:
+            strategy = denoise(map_padded)
         yield from super().run(iterations=iterations, problem=problem, denoise=strategy,
-                               keep_gradients=keep_gradients, gammas=self.gammas_at(effective_sigma(sd)))
+                               keep_gradients=keep_gradients, gammas=self.gammas_at(effective_sigma(sd, problem.ndim)))
 
     def forward(self, y: torch.Tensor, kernel: torch.Tensor, noise_map: Any = None,
                 iterations: int | None = None) -> torch.Tensor:

@@ -41,8 +41,21 @@ def channel_kernels(kernel, n: int) -> list:
     return per_channel(kernel, n, "kernel", lambda k: not isinstance(k, (list, tuple)) and np.ndim(k) == 2)
 
 
-def channel_noise_levels(noise_level, n: int) -> list:
-    """One noise level (a number or "auto") for every channel, or one per channel."""
+def channel_noise_levels(noise_level, n: int, image_shape: tuple[int, ...] | None = None,
+                         axis: int | None = None) -> list:
+    """One noise level (a number or "auto") for every channel, or one per channel.
+
+    A per-pixel noise map with the image's shape (``image_shape``) is cut along the channel ``axis``;
+    a 2D map (one plane's) serves every channel.
+    """
+    if image_shape is not None and not isinstance(noise_level, str) and np.ndim(noise_level) >= 2:
+        m = np.asarray(noise_level)
+        if m.shape == tuple(image_shape):
+            return [channel_view(m, axis, c) for c in range(n)]
+        if m.ndim == 2:
+            return [m] * n
+        raise ValueError(f"the noise map has shape {m.shape}; with channel_axis it must have the image's shape "
+                         f"{tuple(image_shape)} or one plane's (Y, X)")
     return per_channel(noise_level, n, "noise_level", lambda v: isinstance(v, (str, int, float, np.number)))
 
 

@@ -58,7 +58,8 @@ def deblur_lazy(run: DeblurRun, image) -> da.Array:
     a = plane_chunks(a, opts.rgb)
     model = opts.model
     token = dask.base.tokenize(
-        a.name, opts.kernel, opts.scaling, opts.noise_level, opts.iterations, opts.device,
+        a.name, opts.kernel, opts.scaling, opts.noise_level, opts.noise_or_level.kind, opts.noise_or_level.a,
+        opts.noise_or_level.b, opts.iterations, opts.device,
         model if not hasattr(model, "state_dict") else id(model), opts.tile_size, opts.precision,
     )
     return a.map_blocks(

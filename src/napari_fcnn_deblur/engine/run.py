@@ -3,12 +3,17 @@
 :func:`napari_fcnn_deblur.deblur`, :func:`~napari_fcnn_deblur.deblur_stages`,
 the lazy dask path, the command line and the napari widget all make a
 :class:`DeblurRun` with :meth:`DeblurRun.prepare` — which validates every
-option, picks the intensity map and the noise level with the one rule of
-:mod:`.intensity` / :mod:`.noise`, resolves the model, the device and the
+option, picks the intensity map and the noise (:class:`~.noise.NoiseLevel`: a
+given σ, an estimate — Gaussian or Poisson–Gaussian — or a per-pixel map) with
+the one rule of :mod:`.intensity` / :mod:`.noise`, resolves the model
+(:func:`~napari_fcnn_deblur.io.models.select_model`), the device and the
 precision — and then ask it for the final image (:meth:`DeblurRun.deblur`),
 the stages (:meth:`DeblurRun.stages`) or both with progress
 (:meth:`DeblurRun.steps`).  The stages themselves are always
-:meth:`~napari_fcnn_deblur.core.cascade.Cascade.run`.
+:meth:`~napari_fcnn_deblur.core.cascade.Cascade.run`; the noise-map cascade
+gets the per-pixel noise s.d. of every plane (its :meth:`NoiseMapCascade.run
+<napari_fcnn_deblur.core.conditioned.NoiseMapCascade.run>`), a per-level
+cascade the effective level only.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ import numpy as np
 import torch
 
 from ..core.cascade import Cascade, StageTensors, WholeGrid
+from ..core.conditioned import NoiseMapCascade, network_condition
 from ..core.solver import kernel_spectra, prepare_problem
 from ..core.spectral import padding_geometry
-from ..io.models import get_model
+from ..io.models import ModelChoice, select_model
 from .devices import check_precision, resolve_device
 from .intensity import IntensityScaling, intensity_scaling
 from .kernels import prepare_kernel
 from .layout import PlaneLayout
-from .noise import estimate_noise_level
+from .noise import NoiseLevel, check_sigma, estimate_noise, is_noise_map, noise_map_level
 from .tiles import TiledNetworks, auto_tile_size, check_tile_size, fft_device, needs_tiling
 
 logger = logging.getLogger(__name__)
@@ -39,8 +45,12 @@ logger = logging.getLogger(__name__)
 #: Upper bound on padded pixels processed in one batch of planes (bounds memory: ~1 kB per pixel).
 MAX_BATCH_PIXELS = 2_000_000
 
-#: What ``model=`` accepts: a cascade file, a :class:`~napari_fcnn_deblur.core.cascade.Cascade`, or None (shipped).
+#: What ``model=`` accepts: None (the default rule), "noisemap", "per-level", a cascade file or a
+#: :class:`~napari_fcnn_deblur.core.cascade.Cascade` (see :func:`~napari_fcnn_deblur.io.models.select_model`).
 ModelLike = "str | os.PathLike | Cascade | None"
+
+#: What ``noise_level=`` accepts: a number (s.d. on the [0, 1] scale), "auto" or a per-pixel s.d. map (array).
+NoiseLike = "float | str | np.ndarray"
 
 
 @dataclass
@@ -60,12 +70,20 @@ class StageResult:
     iterations : int
         Number of stages this run will produce in total.
     gamma : float
-        Data weight γ used by this step's deconvolution.
+        Data weight γ used by this step's deconvolution (the noise-map cascade: at the
+        effective noise level of the whole image; each plane uses its own).
     noise_level : float
-        Noise s.d. (on the [0, 1] scale) the run used to pick its model: the
-        given ``noise_level``, or the estimate when it was ``"auto"`` (NaN if unknown).
+        Effective noise s.d. (on the [0, 1] scale) of the run: the given ``noise_level``, the
+        estimate when it was ``"auto"``, the RMS of a noise map (NaN if unknown).
     per_channel : list of StageResult or None
         With an explicit channel axis: each channel's own result (its γ and noise level).
+    noise : NoiseLevel or None
+        The noise the run used (:meth:`~.noise.NoiseLevel.describe` says it in words: σ, or the
+        Poisson–Gaussian a and b, or a noise map).
+    model : str
+        Which model ran and why (:meth:`~napari_fcnn_deblur.io.models.ModelChoice.describe`).
+    grad_z : float32 array or None
+        A volumetric run's denoised z gradients (:mod:`.volume`; None for planes).
     """
 
     stage: int
@@ -76,6 +94,9 @@ class StageResult:
     gamma: float
     noise_level: float = float("nan")
     per_channel: list[StageResult] | None = None
+    noise: NoiseLevel | None = None
+    model: str = ""
+    grad_z: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +142,12 @@ def check_finite(a: np.ndarray) -> None:
 
 
 def check_model(model) -> None:
-    """``model=`` must be None, a path (str / os.PathLike) or a Cascade."""
+    """``model=`` must be None, a name ("noisemap", "per-level"), a path (str / os.PathLike) or a Cascade."""
     if model is None or isinstance(model, (str, os.PathLike, Cascade)):
         return
     raise ValueError(
-        f"model must be None (the shipped model), a cascade file path or a Cascade, got {type(model).__name__} {model!r}"
+        "model must be None (the default rule), 'noisemap', 'per-level', a cascade file path or a Cascade, "
+        f"got {type(model).__name__} {model!r}"
     )
 
 
@@ -134,19 +156,18 @@ def is_auto(noise_level) -> bool:
     return isinstance(noise_level, str) and noise_level.strip().lower() == "auto"
 
 
-def check_noise_level(noise_level) -> float:
-    """A numeric ``noise_level`` validated (s.d. on the [0, 1] scale)."""
-    try:
-        nl = float(noise_level)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"noise_level must be a number (noise s.d. on the [0, 1] scale) or 'auto', got {noise_level!r}"
-        ) from None
-    if not (np.isfinite(nl) and 0 <= nl <= 0.5):
-        raise ValueError(
-            f"noise_level must be between 0 and 0.5 (s.d. on the [0, 1] scale, 0.01 = 1 %), got {noise_level!r}"
-        )
-    return nl
+def decide_noise(noise_level, image, layout: PlaneLayout, scaling: IntensityScaling) -> NoiseLevel:
+    """The :class:`~.noise.NoiseLevel` of a run: a number, ``"auto"`` (estimated) or a per-pixel map (validated)."""
+    if is_auto(noise_level):
+        noise = estimate_noise(image, scaling, layout.rgb)
+        logger.info("estimated noise level: %s", noise.describe())
+        return noise
+    if is_noise_map(noise_level):
+        if not isinstance(image, np.ndarray):
+            raise ValueError("a per-pixel noise map needs a numpy image (not dask or zarr); give noise_level as a "
+                             "number or 'auto'")
+        return noise_map_level(noise_level, layout)
+    return NoiseLevel.gaussian(check_sigma(noise_level))
 
 
 def model_on(cascade: Cascade, device: torch.device) -> Cascade:
@@ -167,9 +188,9 @@ class RunOptions:
     """The picklable description of a prepared run (what a dask task or another process needs).
 
     Everything is already validated and decided: the kernel is normalised, the
-    noise level and the intensity map are numbers.  ``model`` is what the
-    caller passed (give a path for tasks on a cluster: each worker loads and
-    caches the file itself).
+    noise (``noise``; ``noise_level`` its effective s.d.) and the intensity map
+    are numbers.  ``model`` is the chosen model's file (or the caller's Cascade
+    object): each worker of a cluster loads and caches the file itself.
     """
 
     kernel: np.ndarray
@@ -181,6 +202,12 @@ class RunOptions:
     model: object = None
     tile_size: int | None = None
     precision: str = "auto"
+    noise: NoiseLevel | None = None
+
+    @property
+    def noise_or_level(self) -> NoiseLevel:
+        """The run's noise (Gaussian at ``noise_level`` for options made without one)."""
+        return self.noise if self.noise is not None else NoiseLevel.gaussian(self.noise_level)
 
 
 @dataclass
@@ -202,12 +229,15 @@ class DeblurRun:
     device : torch.device
     autocast_dtype : torch.dtype or None
         bf16 autocast of the networks, or None for fp32.
+    choice : ModelChoice or None
+        Which model was chosen and why.
     """
 
     options: RunOptions
     cascade: Cascade
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    choice: ModelChoice | None = None
     _spectra: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -217,7 +247,7 @@ class DeblurRun:
         cls,
         image,
         kernel,
-        noise_level: "float | str" = 0.01,
+        noise_level: NoiseLike = 0.01,
         iterations: int | None = None,
         device: "str | torch.device" = "auto",
         model: ModelLike = None,
@@ -237,8 +267,8 @@ class DeblurRun:
         check_model(model)
         layout = PlaneLayout.of(image.shape, rgb)
         k = prepare_kernel(kernel, layout.plane_shape)
-        if not is_auto(noise_level):
-            check_noise_level(noise_level)  # cheap checks before the estimate
+        if not is_auto(noise_level) and not is_noise_map(noise_level):
+            check_sigma(noise_level)  # cheap checks before the estimate
         tile_size = check_tile_size(tile_size)
         dev = resolve_device(device)
         autocast_dtype = check_precision(precision, dev)
@@ -248,25 +278,24 @@ class DeblurRun:
             scaling = intensity_scaling(layout.colour(image))
         else:
             scaling = IntensityScaling.from_range(intensity_range)
-        if is_auto(noise_level):
-            nl = float(np.clip(estimate_noise_level(image, scaling, layout.rgb), 0.0, 0.5))
-            logger.info("estimated noise level: %.4g (%.2f %% of the [0, 1] range)", nl, 100 * nl)
-        else:
-            nl = check_noise_level(noise_level)
-        cascade = model_on(get_model(model, nl), dev)
+        noise = decide_noise(noise_level, image, layout, scaling)
+        choice = select_model(model, noise.sigma, noise.is_gaussian)
+        logger.info("model: %s", choice.describe())
+        cascade = model_on(choice.cascade, dev)
         it = cascade.check_iterations(iterations)
-        task_model = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
+        task_model = os.fspath(choice.source) if isinstance(choice.source, os.PathLike) else choice.source
         task_device = "auto" if isinstance(device, str) and device.strip().lower() == "auto" else str(dev)
-        opts = RunOptions(k, nl, it, scaling, layout.rgb, task_device, task_model, tile_size,
-                          str(precision) if isinstance(precision, str) else precision)
-        return cls(opts, cascade, dev, autocast_dtype)
+        opts = RunOptions(k, noise.sigma, it, scaling, layout.rgb, task_device, task_model, tile_size,
+                          str(precision) if isinstance(precision, str) else precision, noise)
+        return cls(opts, cascade, dev, autocast_dtype, choice)
 
     @classmethod
     def from_options(cls, options: RunOptions) -> DeblurRun:
         """The run described by ``options`` (loads the model, resolves the device here)."""
         dev = resolve_device(options.device)
-        cascade = model_on(get_model(options.model, options.noise_level), dev)
-        return cls(options, cascade, dev, check_precision(options.precision, dev))
+        noise = options.noise_or_level
+        choice = select_model(options.model, noise.sigma, noise.is_gaussian)
+        return cls(options, model_on(choice.cascade, dev), dev, check_precision(options.precision, dev), choice)
 
     # ------------------------------------------------------------------ properties
 
@@ -280,7 +309,29 @@ class DeblurRun:
 
     @property
     def noise_level(self) -> float:
+        """Effective noise s.d. on the [0, 1] scale (what a per-level cascade is chosen by)."""
         return self.options.noise_level
+
+    @property
+    def noise(self) -> NoiseLevel:
+        """The noise the run uses (Gaussian σ, Poisson–Gaussian a and b, or a per-pixel map)."""
+        return self.options.noise_or_level
+
+    @property
+    def model_description(self) -> str:
+        """Which model runs and why, in words."""
+        return self.choice.describe() if self.choice is not None else "given cascade"
+
+    @property
+    def uses_noise_map(self) -> bool:
+        """Whether the model is the noise-map cascade (it gets the per-pixel noise s.d.)."""
+        return isinstance(self.cascade, NoiseMapCascade)
+
+    def gammas(self) -> torch.Tensor:
+        """γ of every step (the noise-map cascade: at the run's effective noise level)."""
+        if self.uses_noise_map:
+            return self.cascade.gammas_at(self.noise_level)[:, 0].detach()
+        return self.cascade.gammas.detach()
 
     @property
     def iterations(self) -> int:
@@ -314,7 +365,8 @@ class DeblurRun:
         """(planes slice, stage generator) for every batch of planes, all through ``Cascade.run``."""
         plane_shape = tuple(planes.shape[-2:])
         tile = self._tile_size(plane_shape)
-        if needs_tiling(plane_shape, self.kernel.shape, tile):
+        tiled = needs_tiling(plane_shape, self.kernel.shape, tile)
+        if tiled:
             fdev = fft_device(plane_shape, self.kernel.shape, self.device, tile)
             denoise = TiledNetworks(tile, self.device, True, self.autocast_dtype)
             slices = [slice(i, i + 1) for i in range(len(planes))]
@@ -326,12 +378,22 @@ class DeblurRun:
             slices = [slice(i, min(i + per, len(planes))) for i in range(0, len(planes), per)]
         spectra = self._spectra_on(fdev, plane_shape)
 
+        def tiles_with_map(map_padded: torch.Tensor) -> TiledNetworks:
+            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (network_condition(map_padded),))
+
         def stages(sl: slice) -> Iterator[StageTensors]:
             y = torch.from_numpy(np.ascontiguousarray(planes[sl])).to(fdev)
             problem = prepare_problem(y, spectra=spectra)
             del y
-            yield from self.cascade.run(iterations=self.iterations, problem=problem, denoise=denoise,
-                                        keep_gradients=keep_gradients)
+            if not self.uses_noise_map:
+                yield from self.cascade.run(iterations=self.iterations, problem=problem, denoise=denoise,
+                                            keep_gradients=keep_gradients)
+                return
+            sd = self.noise.sd_planes(planes, sl)
+            sd = sd if isinstance(sd, float) else torch.from_numpy(np.ascontiguousarray(sd)).to(fdev)
+            yield from self.cascade.run(noise_map=sd, iterations=self.iterations, problem=problem,
+                                        autocast_dtype=self.autocast_dtype, keep_gradients=keep_gradients,
+                                        denoise=tiles_with_map if tiled else None)
 
         return [(sl, stages(sl)) for sl in slices]
 
@@ -378,7 +440,8 @@ class DeblurRun:
         layout = self.layout(a)
         planes = self.scaling.forward(layout.to_planes(a))
         total = len(planes) * (self.iterations + 1)
-        gammas = self.cascade.gammas.detach()
+        gammas = self.gammas()
+        model = self.model_description
         scale = np.float32(self.scaling.scale)
         done = 0
 
@@ -388,7 +451,8 @@ class DeblurRun:
             gy = None if zy is None else layout.from_planes(zy * scale)
             if layout.rgb and layout.shape[-1] == 4 and gx is not None:
                 gx, gy = gx[..., :3], gy[..., :3]
-            return StageResult(stage, image_out, gx, gy, self.iterations, float(gammas[stage]), self.noise_level)
+            return StageResult(stage, image_out, gx, gy, self.iterations, float(gammas[stage]), self.noise_level,
+                               noise=self.noise, model=model)
 
         # inference mode is entered around each step's work, never held across a yield: a generator
         # suspended inside `with torch.inference_mode()` would leave the caller's thread in inference mode

@@ -143,13 +143,16 @@ class TiledNetworks:
     window with a :data:`TILE_MARGIN` halo; the circular backward differences
     take the row/column before the window (wrapping at the frame).  No
     plane-sized gradient array is ever made; the outputs live where the
-    latent image lives.
+    latent image lives.  ``conditions``: per-pixel input channels of conditioned networks on the
+    padded grid, ``(N, Hp, Wp)`` each (the noise-map cascade's, see
+    :func:`~napari_fcnn_deblur.core.conditioned.network_condition`), cut into the same tiles.
     """
 
     tile_size: int
     device: torch.device
     channels_last: bool = True
     autocast_dtype: torch.dtype | None = None
+    conditions: tuple[torch.Tensor, ...] = ()
 
     def __call__(self, net: torch.nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
         if ndim != 2:
@@ -164,7 +167,8 @@ class TiledNetworks:
                 xw = x[i].index_select(0, rows).index_select(1, cols).to(self.device)
                 grads = [(xw[1:, 1:] - xw[1:, :-1])[None], (xw[1:, 1:] - xw[:-1, 1:])[None]]
                 del xw
-                outs = denoise_gradients(net, grads, self.channels_last, self.autocast_dtype)
+                conds = [c[i, wr, wc][None].to(self.device) for c in self.conditions]
+                outs = denoise_gradients(net, grads, self.channels_last, self.autocast_dtype, conditions=conds)
                 dst = (i, slice(wr.start + keep[0].start, wr.start + keep[0].stop),
                        slice(wc.start + keep[1].start, wc.start + keep[1].stop))
                 for z, o in zip(zs, outs):
