@@ -117,3 +117,19 @@ def camera_crops(size: int = 90) -> list[np.ndarray]:
 
     cam = data.camera().astype(np.float32) / 255
     return [cam[r : r + size, c : c + size] for r in (0, 200, 400) for c in (0, 250)]
+
+
+def soft_volume_cascade():
+    """A narrow volume cascade whose lateral and axial networks soft-threshold the gradient (tests only)."""
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+    from napari_fcnn_deblur.core.denoiser import GradientDenoiser
+    from napari_fcnn_deblur.core.volumetric import VolumeCascade
+
+    planar = NoiseMapCascade(3, width=2)
+    plain = soft_threshold_cascade(thresholds=(0.01, 0.005, 0.0025))
+    for s in range(3):
+        planar.denoisers[s].load_state_dict(GradientDenoiser.from_plain(plain.denoisers[s]).state_dict())
+    with torch.no_grad():
+        planar.gamma_coeffs.zero_()
+        planar.gamma_coeffs[:, 0] = torch.log(torch.tensor([300.0, 200.0, 200.0, 200.0]))
+    return VolumeCascade.from_planar(planar)

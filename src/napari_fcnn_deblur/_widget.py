@@ -103,10 +103,6 @@ GENERATORS = (GAUSSIAN, DISK, MOTION, WIDEFIELD, *GENERATORS_3D)
 #: Largest generated 3D PSF, (Z, Y, X) voxels: the generators' automatic box (which may hold a hundred
 #: planes of widefield light) is capped here, and to the volume, so that runs and previews stay fast.
 MAX_GENERATED_3D = (15, 31, 31)
-#: A measured bead z-stack's noise floor subtracted after its background, in robust σ of its box's faces
-#: (what ``fcnn-deblur deblur`` does with a measured 3D PSF).
-BEAD_NOISE_FLOOR = 2.0
-
 #: What happens to a kernel *layer* before use (the modes of :func:`.psf.prepare_psf`, as on the command line).
 KERNEL_PREP_CHOICES = [
     ("auto (measured PSFs only)", "auto"),
@@ -804,7 +800,7 @@ class DeblurWidget(Container):
             "noise are set to 0, it is recentred on its centroid, cropped to 99.9 % of its mass and normalised. "
             "'auto' does this for kernels with a background or negative values, and uses computed kernels (zero "
             "border) exactly as they are. A bead z-stack (3D PSF) is prepared in 3D (psf3d.prepare_measured_psf_3d: "
-            f"background of its box's faces and {BEAD_NOISE_FLOOR:g} σ of their noise subtracted, recentred on its "
+            f"background of its box's faces and {psf3d.BEAD_NOISE_FLOOR:g} σ of their noise subtracted, recentred on its "
             "centroid, cropped to 99 % of its mass, normalised)."
         )
         self.psf_z_step.tooltip = (
@@ -1211,8 +1207,8 @@ class DeblurWidget(Container):
         try:
             if prep == "measured" or (prep == "auto" and psf.looks_measured(k)):
                 before = k.shape
-                k = psf3d.prepare_measured_psf_3d(k, threshold=BEAD_NOISE_FLOOR)
-                kernel_note = (f"bead z-stack: background and {BEAD_NOISE_FLOOR:g} σ of its noise subtracted, "
+                k = psf3d.prepare_measured_psf_3d(k, threshold=psf3d.BEAD_NOISE_FLOOR)
+                kernel_note = (f"bead z-stack: background and {psf3d.BEAD_NOISE_FLOOR:g} σ of its noise subtracted, "
                                f"recentred on its centroid, cropped from {_sizes(before)} to {_sizes(k.shape)} "
                                "voxels, normalised to sum 1")
             prepare_kernel(k, None, 3)  # what cannot be a PSF (NaN, negative, all zero) is said now

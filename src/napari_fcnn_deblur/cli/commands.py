@@ -148,11 +148,12 @@ def _cmd_deblur(args) -> int:
     image_path, out = Path(args.image), Path(args.output)
     kernels = []
     for path in args.kernel:
-        k = read_array(Path(path)).astype(np.float64)
+        raw = read_array(Path(path))
+        k = raw.astype(np.float64)
         if k.ndim == 3 and k.shape[-1] in (3, 4):
             k = k[..., :3].mean(-1)
         if is_volume_kernel(k):  # a 3D PSF: volumetric deconvolution
-            kernels.append(_volume_psf(args, Path(path), k))
+            kernels.append(_volume_psf(args, Path(path), raw))
             continue
         try:  # a measured PSF (background, off-centre) is prepared as psf.load_psf does; other kernels untouched
             prepared = prepare_psf(k, args.kernel_prep)
@@ -207,17 +208,17 @@ def _cmd_deblur(args) -> int:
 
 def _volume_psf(args, path: Path, k: np.ndarray) -> np.ndarray:
     """A 3D PSF file: a measured bead z-stack (background, off-centre; --kernel-prep measured, or auto when its
-    box's faces show a background) is prepared by psf3d.prepare_measured_psf_3d; a computed PSF is used as is."""
+    data are camera counts or sit on an offset, psf.looks_measured) is prepared by psf3d.prepare_measured_psf_3d; a computed PSF is used as is."""
     from ..data.psf import looks_measured
-    from ..data.psf3d import prepare_measured_psf_3d
+    from ..data.psf3d import BEAD_NOISE_FLOOR, prepare_measured_psf_3d
 
     if args.kernel_prep == "raw" or (args.kernel_prep == "auto" and not looks_measured(k)):
-        return k
+        return k.astype(np.float64)
     try:
-        prepared = prepare_measured_psf_3d(k, threshold=2.0)
+        prepared = prepare_measured_psf_3d(k, threshold=BEAD_NOISE_FLOOR)
     except ValueError as err:
         raise ValueError(f"kernel {path}: {err}") from None
-    _say(args, f"kernel {path}: measured 3D PSF: background and 2 σ of noise subtracted, recentred, cropped from "
+    _say(args, f"kernel {path}: measured 3D PSF: background and {BEAD_NOISE_FLOOR:g} σ of noise subtracted, recentred, cropped from "
                f"{'×'.join(map(str, k.shape))} to {'×'.join(map(str, prepared.shape))}, normalised")
     return prepared
 
