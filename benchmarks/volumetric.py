@@ -157,6 +157,10 @@ def run(cache_path: Path, n_volumes: int, log=print) -> dict:
     return cache
 
 
+def _bold(v: float, best: bool) -> str:
+    return f"**{v:.2f}**" if best else f"{v:.2f}"
+
+
 def report(cache: dict, n_volumes: int) -> str:
     rows = []
     summary = {}
@@ -179,7 +183,8 @@ def report(cache: dict, n_volumes: int) -> str:
                 f"| {kind} | {photons:g} | {m['blurry'][0]:.2f} / {m['blurry'][1]:.3f} | "
                 f"{m['rl'][0]:.2f} / {m['rl'][1]:.3f} ({best_it} it, {m['rl'][2]:.1f} s) | "
                 f"{m['2d'][0]:.2f} / {m['2d'][1]:.3f} ({m['2d'][2]:.1f} s) | "
-                f"**{m['ours'][0]:.2f}** / {m['ours'][1]:.3f} ({m['ours'][2]:.1f} s) | "
+                f"{_bold(m['ours'][0], m['ours'][0] > max(m['rl'][0], m['2d'][0]))} / {m['ours'][1]:.3f} "
+                f"({m['ours'][2]:.1f} s) | "
                 f"{m['ours'][0] - m['rl'][0]:+.2f} | {m['ours'][0] - m['2d'][0]:+.2f} |"
             )
     gains = [m["ours"][0] - m["rl"][0] for m, _ in summary.values()]
@@ -203,6 +208,12 @@ def report(cache: dict, n_volumes: int) -> str:
         "| PSF | photons | blurry PSNR / SSIM | RL, best iteration | 2D plane by plane | ours (3D) | ours − RL | ours − 2D |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "![Orthogonal views, widefield, 100 photons: blurry, RL at its best iteration, the 3D cascade, truth; "
+        "XY above, XZ below](images/volumetric.png)",
+        "",
+        "SSIM: the 3D cascade is highest in every row; PSNR: see the last two columns. The 3D cascade's "
+        "seconds are 30-100× RL's (networks on every plane and slice, per stage).",
         "",
         f"Target (≥ +1.5 dB over best-iteration RL at every row, above plane-by-plane 2D): "
         f"**{'met' if met else 'not met'}** (gains over RL: {', '.join(f'{g:+.2f}' for g in gains)} dB).",
