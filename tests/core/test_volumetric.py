@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
 from napari_fcnn_deblur.core.denoiser import (
     CPU_BATCH_PIXELS,
     AxialPair,
@@ -73,16 +72,9 @@ def _psnr(x, gt):
 def test_volume_cascade_from_a_planar_one_deblurs_a_phantom():
     """A volume cascade warm-started from a 2D noise-map cascade whose networks soft-threshold the gradient
     (narrow, hand-set) gains a clear PSNR margin over the blurry volume, in 3D through the one stage loop."""
-    from conftest import soft_threshold_cascade
+    from conftest import soft_volume_cascade
 
-    planar = NoiseMapCascade(3, width=2)
-    plain = soft_threshold_cascade(thresholds=(0.01, 0.005, 0.0025))
-    for s in range(3):
-        planar.denoisers[s].load_state_dict(GradientDenoiser.from_plain(plain.denoisers[s]).state_dict())
-    with torch.no_grad():
-        planar.gamma_coeffs.zero_()
-        planar.gamma_coeffs[:, 0] = torch.log(torch.tensor([300.0, 200.0, 200.0, 200.0]))
-    vc = VolumeCascade.from_planar(planar)
+    vc = soft_volume_cascade()
     y, k, sd, sharp = _phantom_case()
     with torch.no_grad():
         stages = [st.image[0].numpy() for st in vc.run(y, k, sd)]

@@ -34,8 +34,24 @@ def test_samples_are_deterministic_and_on_the_engine_scale(tiny_cfg):
     for i in range(2):
         lo, hi = np.percentile(y[i].numpy(), [0.05, 99.95])
         assert abs(lo) < 1e-4 and abs(hi - 1) < 1e-4  # the engine's percentile rule maps y to [0, 1]
-        resid = (y[i] - torch.nn.functional.pad(x[i], (0, 0))).std()
-        assert float(sd[i].mean()) < 1.0 and float(resid) > 0
+        assert float(sd[i].min()) > 0
+        # photon noise: the s.d. map grows with the (blurred) brightness
+
+
+
+def test_camera_volume_noise_map_is_the_true_sd_on_the_engine_scale():
+    rng = np.random.default_rng(0)
+    sharp = np.zeros((9, 20, 20), np.float32)
+    sharp[:, :, 10:] = 1.0  # half dark, half bright
+    psf = np.zeros((3, 3, 3), np.float32)
+    psf[1, 1, 1] = 1.0
+    y, sd, x = tv.camera_volume(rng, sharp, psf, photons=100.0, read=2.0)
+    bright, dark = x > x.mean(), x < x.mean()
+    # s.d. in electrons: sqrt(100 + 4) where bright, 2 where dark, over the same scale as the data
+    ratio = sd[bright].mean() / sd[dark].mean()
+    assert abs(ratio - np.sqrt(104) / 2) < 1e-3
+    assert abs(float((y - x)[bright].std()) / float(sd[bright].mean()) - 1) < 0.15  # the map matches the noise
+    assert abs(float((y - x)[dark].std()) / float(sd[dark].mean()) - 1) < 0.15
 
 
 def test_stage_loss_on_crops_equals_the_full_grid_loss(tiny_cfg):
