@@ -313,28 +313,36 @@ def train_stage(cascade: NoiseMapCascade, stage: int, source: NoiseMapSource, cf
                     60.0 * cfg.stage_minutes[stage - 1]), source, cfg, ckpt, device, log, stop)
 
 
-def finetune(cascade: NoiseMapCascade, source: NoiseMapSource, cfg: NMConfig, ckpt: Path, device, log,
-             stop: StopControl) -> None:
-    """End-to-end fine-tuning of every FCNN and the γ(σ) coefficients (L1 on the final image)."""
+def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, stop: StopControl,
+             target: Callable[[torch.Tensor], torch.Tensor] | None = None, name: str = "fine-tuning",
+             warm: int = 3, span: int = 10) -> None:
+    """End-to-end fine-tuning of every FCNN and the γ(σ) coefficients (L1 on the final image).
+
+    ``target`` maps a batch's sharp tensor to the final image's target (default: the crop under the
+    blurry patch, :func:`~.stagewise.sharp_target`); the volume cascade's samples are already aligned.
+    """
     for den in cascade.denoisers:
         match_memory_format(den, torch.contiguous_format)
     opt = torch.optim.Adam([
         {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
         {"params": [cascade.gamma_coeffs], "lr": cfg.coeff_lr},
     ])
+    if target is None:
+        def target(x):
+            return sharp_target(x, source.patch)
 
     def loss(b):
         y, sd, k, x = b
         out = None
         for out in cascade.run(y, k, sd, channels_last=False):
             pass
-        return (out.image - sharp_target(x, source.patch)).abs().mean()
+        return (out.image - target(x)).abs().mean()
 
     def lr(step, steps):
         opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.finetune_lr, 0.0)
 
-    run_phase(Phase("fine-tuning", cascade, "cascade", opt, loss, lr, cfg.finetune_batch, cfg.finetune_steps,
-                    60.0 * cfg.finetune_minutes, warm=3, span=10), source, cfg, ckpt, device, log, stop)
+    run_phase(Phase(name, cascade, "cascade", opt, loss, lr, cfg.finetune_batch, cfg.finetune_steps,
+                    60.0 * cfg.finetune_minutes, warm=warm, span=span), source, cfg, ckpt, device, log, stop)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -63,6 +63,7 @@ from ..data.phantoms import BENCHMARK_SEED_START, random_phantom_3d
 from ..data.psf3d import confocal_psf_3d, widefield_psf_3d
 from ..io.models import load_cascade, save_cascade
 from .noisemap import Interrupted, Phase, StopControl, run_phase
+from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
 
 #: Every training PSF is cut to this centred (Z, Y, X) box (odd) and renormalised.
@@ -245,25 +246,9 @@ def train_stage(cascade: VolumeCascade, stage: int, source: VolumeSource, cfg: V
 
 def finetune(cascade: VolumeCascade, source: VolumeSource, cfg: VolConfig, ckpt: Path, device, log,
              stop: StopControl) -> None:
-    for pair in cascade.denoisers:
-        match_memory_format(pair, torch.contiguous_format)
-    opt = torch.optim.Adam([
-        {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
-        {"params": [cascade.gamma_coeffs], "lr": cfg.coeff_lr},
-    ])
-
-    def loss(b):
-        y, sd, k, x = b
-        out = None
-        for out in cascade.run(y, k, sd, channels_last=False):
-            pass
-        return (out.image - x).abs().mean()
-
-    def lr(step, steps):
-        opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.finetune_lr, 0.0)
-
-    run_phase(Phase("volume fine-tuning", cascade, "cascade", opt, loss, lr, cfg.finetune_batch, cfg.finetune_steps,
-                    60.0 * cfg.finetune_minutes, warm=2, span=4), source, cfg, ckpt, device, log, stop)
+    """End-to-end fine-tuning (the noise-map cascade's, :func:`.noisemap.finetune`) on aligned volumes."""
+    finetune_cascade(cascade, source, cfg, ckpt, device, log, stop, target=lambda x: x,
+                     name="volume fine-tuning", warm=2, span=4)
 
 
 # ----------------------------------------------------------------------------- validation
