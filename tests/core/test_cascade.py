@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import line_kernel, psnr
-from napari_fcnn_deblur.core.cascade import Cascade, WholeGrid
+from napari_fcnn_deblur.core.cascade import REFILLS_KEY, Cascade, WholeGrid
 from napari_fcnn_deblur.core.solver import prepare_problem
 
 
@@ -54,3 +54,29 @@ def test_forward_is_differentiable_in_gamma():
     out = c(y, torch.from_numpy(line_kernel(5, 0.0)))
     out.mean().backward()
     assert c.log_gammas.grad is not None and torch.all(torch.isfinite(c.log_gammas.grad))
+
+
+def test_boundary_refills_run_per_stage_and_follow_the_model(known_cascade, camera_case, tmp_path):
+    """refills=0 is the plain loop; r refills solve eq. 6 r times per stage with a refilled frame; a cascade's
+    metadata sets its default (kept through a save/load), and bad values are refused."""
+    from napari_fcnn_deblur.io.models import load_cascade, save_cascade
+
+    blurry, k, gt = camera_case
+    y, kt = torch.from_numpy(blurry)[None], torch.from_numpy(k)
+    with torch.no_grad():
+        plain = [o.image.clone() for o in known_cascade.run(y, kt)]
+        zero = [o.image.clone() for o in known_cascade.run(y, kt, refills=0)]
+        two = [o.image.clone() for o in known_cascade.run(y, kt, refills=2)]
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero))
+    assert torch.equal(two[0], plain[0])  # the initial deconvolution has no estimate to refill from
+    assert not torch.allclose(two[-1], plain[-1])
+    # the refilled frame helps the hand-set cascade too
+    assert psnr(two[-1][0].numpy(), gt) > psnr(plain[-1][0].numpy(), gt)
+
+    c = Cascade(1, width=2, metadata={REFILLS_KEY: "2"})
+    assert c.refills == 2
+    assert load_cascade(save_cascade(c, tmp_path / "c.safetensors")).refills == 2
+    assert known_cascade.refills == 0
+    for bad in (-1, 1.5, True, "two"):
+        with pytest.raises(ValueError, match="refills"):
+            list(known_cascade.run(y, kt, refills=bad))

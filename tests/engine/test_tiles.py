@@ -103,3 +103,19 @@ def test_needs_tiling_and_bad_tile_size(camera_case, known_cascade):
     for bad in (5, 2.5, "big", True):
         with pytest.raises(ValueError, match="tile_size"):
             deblur(blurry, k, model=known_cascade, tile_size=bad)
+
+
+def test_boundary_refills_of_the_model_run_in_the_engine_tiled_or_not(big_case):
+    """A cascade whose metadata asks for boundary refills gets them through deblur (whole or tiled planes)."""
+    from conftest import soft_threshold_cascade
+    from napari_fcnn_deblur.core.cascade import REFILLS_KEY
+
+    blurry, k, gt = big_case
+    plain = soft_threshold_cascade()
+    refilled = soft_threshold_cascade()
+    refilled.metadata[REFILLS_KEY] = "2"
+    base = _untiled(blurry, k, plain)
+    whole = _untiled(blurry, k, refilled)
+    tiled = deblur(blurry, k, model=refilled, device="cpu", tile_size=100)
+    assert np.abs(tiled - whole).max() < 1e-4
+    assert psnr(whole, gt) > psnr(base, gt)

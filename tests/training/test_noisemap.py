@@ -105,9 +105,10 @@ def test_cli_flags_and_tiny_shrinks_a_preset():
     from napari_fcnn_deblur.training.noisemap import config_from_args
 
     args = build_parser().parse_args(["train-noisemap", "--data", "d", "--val", "v", "--val-kernels", "k",
-                                      "--out", "o", "--preset", "gpu", "--tiny", "--minutes-stage", "1,2,3"])
+                                      "--out", "o", "--preset", "gpu", "--tiny", "--minutes-stage", "1,2,3",
+                                      "--refills", "2"])
     cfg = config_from_args(args)
-    assert cfg.patch == 24 and cfg.workers == 8 and cfg.stage_minutes == (1.0, 2.0, 3.0)
+    assert cfg.patch == 24 and cfg.workers == 8 and cfg.stage_minutes == (1.0, 2.0, 3.0) and cfg.refills == 2
     with pytest.raises(SystemExit):
         config_from_args(argparse.Namespace(**{**vars(args), "minutes_stage": "1,2"}))
 
@@ -121,9 +122,13 @@ def test_warm_start_from_a_committed_file_skips_the_done_phases(tmp_path):
     train_noisemap(*args, tmp_path / "a", cfg, dev, log=logs.append, models_dir=MODELS)
     start = tmp_path / "a" / "after_stage2.safetensors"
     logs.clear()
-    record = train_noisemap(*args, tmp_path / "b", cfg, dev, log=logs.append, models_dir=MODELS,
+    record = train_noisemap(*args, tmp_path / "b", replace(cfg, refills=2), dev, log=logs.append, models_dir=MODELS,
                             init_from=start, start_at="stage3")
     assert set(record) == {"init_after_stage2", "stage3", "finetune"}
+    # trained with boundary refills, which the model keeps (the warm-start file had none)
+    assert any("boundary refills per stage: 0 → 2" in m for m in logs)
+    assert load_cascade(tmp_path / "b" / "noisemap_cascade.safetensors").refills == 2
+    assert load_cascade(tmp_path / "a" / "noisemap_cascade.safetensors").refills == 0
     assert not (tmp_path / "b" / "stage1.pt").exists() and (tmp_path / "b" / "stage3.pt").is_file()
     warm = load_cascade(tmp_path / "b" / "after_init_after_stage2.safetensors")
     for p, q in zip(warm.parameters(), load_cascade(start).parameters()):

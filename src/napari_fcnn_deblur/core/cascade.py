@@ -19,8 +19,11 @@ import torch
 from torch import nn
 
 from .denoiser import GradientDenoiser, denoise_gradients
-from .solver import DeconvProblem, deconvolve, prepare_problem
+from .solver import DeconvProblem, deconvolve, prepare_problem, refill_boundary
 from .spectral import image_gradients
+
+#: Metadata key of a cascade's boundary refills per stage (:func:`~.solver.refill_boundary`; absent = 0).
+REFILLS_KEY = "boundary_refills"
 
 #: How a stage's network is applied: ``denoise(net, x_padded, ndim) -> [z_x, z_y, ...]``.
 Denoise = Callable[[nn.Module, torch.Tensor, int], list]
@@ -67,6 +70,17 @@ class StageTensors:
     @property
     def z_y(self) -> torch.Tensor | None:
         return None if self.gradients is None else self.gradients[1]
+
+
+def check_refills(refills) -> int:
+    """Boundary refills per stage: a non-negative integer (metadata strings such as "2" accepted)."""
+    try:
+        r = int(refills)
+    except (TypeError, ValueError):
+        r = -1
+    if r < 0 or isinstance(refills, bool) or (isinstance(refills, float) and not refills.is_integer()):
+        raise ValueError(f"boundary refills must be a non-negative integer, got {refills!r}")
+    return r
 
 
 class Cascade(nn.Module):
@@ -121,6 +135,15 @@ class Cascade(nn.Module):
     def gammas(self) -> torch.Tensor:
         return self.log_gammas.exp()
 
+    @property
+    def refills(self) -> int:
+        """Boundary refills before each stage's deconvolution (:func:`~.solver.refill_boundary`).
+
+        0 (the paper's setting: edge taper only) unless the cascade's metadata
+        says otherwise (:data:`REFILLS_KEY`; a cascade trained with refills keeps them).
+        """
+        return check_refills(self.metadata.get(REFILLS_KEY, 0))
+
     def check_iterations(self, iterations) -> int:
         """``iterations`` validated against this cascade (None = every stage)."""
         if iterations is None:
@@ -146,6 +169,7 @@ class Cascade(nn.Module):
         denoise: Denoise | None = None,
         keep_gradients: bool = True,
         gammas: torch.Tensor | None = None,
+        refills: int | None = None,
     ) -> Iterator[StageTensors]:
         """Yield the initial deconvolution, then the result of each stage.
 
@@ -168,8 +192,13 @@ class Cascade(nn.Module):
         gammas : tensor, optional
             γ of this run instead of the cascade's own: ``(n_stages + 1,)``, or
             ``(n_stages + 1, N)`` for one schedule per image (e.g. γ of each plane's noise level).
+        refills : int, optional
+            Boundary refills before each stage's deconvolution (default: :attr:`refills`):
+            each replaces the frame of the padded blurry image by the current estimate blurred
+            by the kernel (:func:`~.solver.refill_boundary`) and solves eq. 6 again.
         """
         n = self.check_iterations(iterations)
+        r = self.refills if refills is None else check_refills(refills)
         if problem is None:
             problem = prepare_problem(y, kernel)
         if denoise is None:
@@ -180,8 +209,12 @@ class Cascade(nn.Module):
         yield StageTensors(0, x, None, problem)
         for s in range(n):
             zs = denoise(self.denoisers[s], x, problem.ndim)
-            del x
-            x = deconvolve(problem, gammas[s + 1], zs)
+            if r == 0:
+                del x
+                x = deconvolve(problem, gammas[s + 1], zs)
+            for _ in range(r):
+                problem = refill_boundary(problem, x)
+                x = deconvolve(problem, gammas[s + 1], zs)
             if not keep_gradients:
                 zs = None
             yield StageTensors(s + 1, x, zs, problem)

@@ -165,6 +165,7 @@ class NoiseMapCascade(Cascade):
         problem: DeconvProblem | None = None,
         keep_gradients: bool = True,
         denoise: Callable[[torch.Tensor], Denoise] | None = None,
+        refills: int | None = None,
     ) -> Iterator[StageTensors]:
         """Yield the initial deconvolution, then the result of each stage (:meth:`Cascade.run`).
 
@@ -174,6 +175,7 @@ class NoiseMapCascade(Cascade):
         ``denoise``: how the networks are applied, made from the noise map on the padded grid
         (N, Hp, Wp) — default :class:`NoiseMapGrid`; the engine's memory-bounded tiles are another
         (each feeds :func:`network_condition` of the map to the networks).
+        ``refills``: boundary refills per stage (default: the cascade's own, :attr:`~.cascade.Cascade.refills`).
         """
         if noise_map is None:
             raise ValueError("a noise-map cascade needs noise_map= (the noise s.d. of every pixel)")
@@ -189,7 +191,8 @@ class NoiseMapCascade(Cascade):
         else:
             strategy = denoise(map_padded)
         yield from super().run(iterations=iterations, problem=problem, denoise=strategy,
-                               keep_gradients=keep_gradients, gammas=self.gammas_at(effective_sigma(sd, problem.ndim)))
+                               keep_gradients=keep_gradients, gammas=self.gammas_at(effective_sigma(sd, problem.ndim)),
+                               refills=refills)
 
     def forward(self, y: torch.Tensor, kernel: torch.Tensor, noise_map: Any = None,
                 iterations: int | None = None) -> torch.Tensor:

@@ -91,11 +91,14 @@ def kernel_spectra(kernel: torch.Tensor, image_shape) -> KernelSpectra:
 class DeconvProblem:
     """A batch of padded, tapered blurry images ready for eq. 6: what does not change between stages.
 
-    ``data`` is ``conj(K) Y`` (half spectrum) of the padded, tapered images.
+    ``data`` is ``conj(K) Y`` (half spectrum) of the padded, tapered images;
+    ``observed`` the blurry images themselves ``(N, *image_shape)`` (what
+    :func:`refill_boundary` keeps fixed; None when not kept).
     """
 
     spectra: KernelSpectra
     data: torch.Tensor
+    observed: torch.Tensor | None = None
 
     @property
     def geometry(self) -> PaddingGeometry:
@@ -146,7 +149,46 @@ def prepare_problem(y: torch.Tensor, kernel: torch.Tensor | None = None,
             raise ValueError("prepare_problem needs a kernel or its spectra")
         spectra = kernel_spectra(kernel, tuple(y.shape[-ndim:]))
     y_pad = pad_and_taper(y, spectra)
-    return DeconvProblem(spectra=spectra, data=spectra.otf.conj() * torch.fft.rfftn(y_pad, dim=_dims(spectra.ndim)))
+    return DeconvProblem(spectra=spectra, data=spectra.otf.conj() * torch.fft.rfftn(y_pad, dim=_dims(spectra.ndim)),
+                         observed=y)
+
+
+def refill_boundary(problem: DeconvProblem, x_padded: torch.Tensor) -> DeconvProblem:
+    """Boundary adjustment of Kruse et al. (FDN, ICCV 2017): the frame of the padded blurry image
+    becomes the current estimate blurred by the kernel; the observed pixels stay as they are.
+
+    The edge taper of :func:`prepare_problem` makes the padded image roughly
+    consistent with a circular blur; once an estimate of the latent image
+    exists, ``K * x`` is a better guess of what the camera would have seen
+    outside its field of view, so the frame is replaced by it (circular blur on
+    the padded grid, the model eq. 6 solves) and the image region by the
+    observation ``y``.  One extra forward and inverse FFT per refill.
+
+    Parameters
+    ----------
+    problem : DeconvProblem
+        Made by :func:`prepare_problem` (needs ``problem.observed``).
+    x_padded : (N, *grid) tensor
+        The current latent estimate on the padded grid.
+
+    Returns
+    -------
+    DeconvProblem with the same spectra and the refilled data term.
+
+    References
+    ----------
+    .. [1] J. Kruse, C. Rother, U. Schmidt, "Learning to Push the Limits of
+           Efficient FFT-based Image Deconvolution", ICCV 2017, sec. 3.3.
+    """
+    if problem.observed is None:
+        raise ValueError("refill_boundary needs the observed images (a problem made by prepare_problem)")
+    sp, dims = problem.spectra, _dims(problem.ndim)
+    blurred = torch.fft.irfftn(torch.fft.rfftn(x_padded, dim=dims) * sp.otf, s=sp.geometry.shape, dim=dims)
+    inside = torch.zeros(sp.geometry.shape, dtype=torch.bool, device=blurred.device)
+    sp.geometry.crop(inside).fill_(True)
+    refilled = torch.where(inside, sp.geometry.pad(problem.observed.to(blurred.dtype)), blurred)
+    return DeconvProblem(spectra=sp, data=sp.otf.conj() * torch.fft.rfftn(refilled, dim=dims),
+                         observed=problem.observed)
 
 
 def _per_image(gamma, like: torch.Tensor, d: int):

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.cascade import REFILLS_KEY
 from ..core.conditioned import (
     NOISE_MAP_SCALE,
     SHIPPED_LEVELS,
@@ -102,6 +103,8 @@ class NMConfig:
     map_jitter: float = 0.1
     # kernels
     p_motion: float = 0.7
+    # boundary refills per stage (core.solver.refill_boundary), trained with and saved in the model's metadata
+    refills: int = 0
     # validation
     val_images: int = 4
     val_kernels: int = 4
@@ -525,6 +528,9 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
             lg(f"warm start from {init_from}; phases from {PHASES[first]} on")
         else:
             cascade = initial_cascade(cfg, models_dir).to(device)
+        if cfg.refills != cascade.refills:
+            lg(f"boundary refills per stage: {cascade.refills} → {cfg.refills} (trained and saved with the model)")
+            cascade.metadata[REFILLS_KEY] = str(cfg.refills)
 
         def checkpoint_phase(phase: str):
             save_cascade(cascade, out_dir / f"after_{phase}.safetensors")
@@ -579,6 +585,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None)
+    p.add_argument("--refills", type=int, default=None,
+                   help="boundary refills per stage to train with (default 0: edge taper only; kept in the model)")
     p.add_argument("--tiny", action="store_true",
                    help="shrink the preset to a few steps of tiny patches (smoke test of e.g. --preset gpu on a CPU)")
     p.add_argument("--init-from", default=None,
@@ -599,7 +607,7 @@ def config_from_args(args) -> NMConfig:
         upd["stage_minutes"] = tuple(float(v) for v in args.minutes_stage.split(","))
     if args.minutes_finetune is not None:
         upd["finetune_minutes"] = args.minutes_finetune
-    for name in ("workers", "seed", "patch", "batch", "val_images"):
+    for name in ("workers", "seed", "patch", "batch", "val_images", "refills"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
     cfg = replace(cfg, **upd)
