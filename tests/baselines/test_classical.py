@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,7 @@ def test_tune_baselines_picks_from_grid():
 def _load_quality_module():
     spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -198,6 +200,7 @@ def test_quality_benchmark_smoke(tmp_path):
     import imageio.v3 as iio
 
     from napari_fcnn_deblur.core.cascade import Cascade
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
     from napari_fcnn_deblur.io.models import save_cascade
 
     val = tmp_path / "val"
@@ -211,6 +214,7 @@ def test_quality_benchmark_smoke(tmp_path):
     models.mkdir()
     torch.manual_seed(0)
     save_cascade(Cascade(3, noise_level=0.01, width=8), models / "fcnn_noise0.01.safetensors")  # none for 0.03
+    noisemap = save_cascade(NoiseMapCascade(3, width=8), tmp_path / "noisemap.safetensors")
     iio.imwrite(tmp_path / "tune.png", data.moon()[200:264, 200:264])
     out = tmp_path / "docs" / "benchmarks.md"
     out.parent.mkdir()
@@ -230,14 +234,21 @@ def test_quality_benchmark_smoke(tmp_path):
         "--levels",
         "0.01",
         "0.03",
+        "--photons",
+        "5000",  # σ_eff ≈ 1 %: the per-level cascade nearest to it is the 1 % one
+        "--read-noise",
+        "0.002",
         "--max-kernels",
         "1",
         "--model-dir",
         str(models),
+        "--noisemap-model",
+        str(noisemap),
         "--tuning-image",
         str(tmp_path / "tune.png"),
         "--gaussian-sigmas",
         "1.5",
+        "3",
         "--hl-lambdas",
         "500",
         "2000",
@@ -255,16 +266,36 @@ def test_quality_benchmark_smoke(tmp_path):
     assert "## Speed\n\nspeed table" in text and "## Scale\n\nscale text" in text and "\nold\n" not in text
     assert text.index("## Speed") < text.index("## Quality") < text.index("## Scale")
     sec = text[text.index("## Quality") : text.index("## Scale")]
-    assert "### Protocol" in sec and "Gaussian PSFs" in sec
+    for part in ("### Protocol", "### Summary", "### Targets (issue 14)", "#### Gaussian σ = 1 %",
+                 "#### 5000 photons + 0.2 % read", "### Cascade stages", "### Noise estimates",
+                 "### Gaussian PSF σ_PSF = 3 px", "### Tuned baseline parameters"):
+        assert part in sec, part
     assert "not installed" in sec and "not available" in sec
-    for row in ("Ours (this package), stage 3", "Wiener", "Richardson–Lucy", "Hyper-Laplacian α=2/3", "Blurry input"):
-        assert row in sec
-    res = json.loads(cache.read_text())["results"]
+    for row in ("Noise-map cascade, true noise", 'Noise-map cascade, noise_level="auto"',
+                "Per-level cascade (ours), nearest level (1 %)", "Wiener", "Richardson–Lucy",
+                "Hyper-Laplacian α=2/3", "Blurry input"):
+        assert row in sec, row
+    # the targets: every one computed from the measured numbers, or said to be missing
+    targets = sec[sec.index("### Targets") : sec.index("### Per condition")]
+    assert targets.count("noise-map ≥ authors' + 0.5 dB | Gaussian σ = 1 %") == 1
+    assert "noise-map ≥ our per-level cascade | Gaussian σ = 1 %" in targets
+    assert "noise-map ≥ best per-level cascade (nearest) + 0.5 dB | 5000 photons + 0.2 % read" in targets
+    assert '"auto" within 0.1 dB' in targets and "over 3 conditions" in targets
+    assert targets.count("Gaussian PSF σ_PSF = 3 px: noise-map ≥ HL") == 3
+    assert "**met**" in targets or "**not met**" in targets
+    assert "not measured" in targets  # no authors' models here
+    data_ = json.loads(cache.read_text())
+    res = data_["results"]
     keys = [k for k in res if k.startswith("0.01|") and k.endswith("|a.png|k1")]
     methods = {k.split("|")[1].split("@")[0].split(":")[0] for k in keys}
-    assert methods == {"input", "ours", "wiener", "rl", "hl"}
+    assert methods == {"input", "noisemap", "noisemap-auto", "ours", "wiener", "rl", "hl"}
     assert sum(k.split("|")[1].startswith("ours@") for k in keys) == 4  # stages 0–3
     assert any(k.startswith("0.03|hl:") for k in res) and not any(k.startswith("0.03|ours") for k in res)
+    # photon noise: its own keys, σ_eff recorded, the nearest per-level cascade run
+    pg = [k for k in res if k.startswith("pg5000+0.002|")]
+    assert any("|ours@" in k for k in pg) and any("|noisemap-auto@" in k for k in pg)
+    case = data_["cases"]["pg5000+0.002|a.png|k1"]
+    assert 0.005 < case["sigma_eff"] < 0.02 and case["auto_kind"] in ("gaussian", "poisson-gaussian")
     for v in res.values():
         assert len(v) == 3 and np.isfinite(v).all()
     # resuming: nothing is recomputed and the report is identical up to the date line
@@ -272,3 +303,26 @@ def test_quality_benchmark_smoke(tmp_path):
     assert q.main(argv) == 0
     assert cache.stat().st_mtime_ns == mtime
     assert out.read_text().count("## Quality") == 1
+    # a subset of the methods: only their rows, still nothing recomputed
+    assert q.main(argv + ["--methods", "hl", "--photons"]) == 0
+    assert cache.stat().st_mtime_ns == mtime
+    sec = out.read_text()
+    assert "| Hyper-Laplacian α=2/3 (λ" in sec and "| Noise-map cascade" not in sec and "| Wiener (" not in sec
+    assert "- Methods run: `hl`." in sec and "Default (`model=None`)" not in sec
+
+
+def test_quality_benchmark_conditions():
+    q = _load_quality_module()
+    g, p = q.Condition.gauss(0.01), q.Condition.pg(100, 0.005)
+    assert g.key == "0.01" and p.key == "pg100+0.005"  # Gaussian keys as before photon noise was added
+    assert q.case_seed("a.png", "k", g, 0) == __import__("zlib").crc32(b"a.png|k|0.01")
+    sharp = data.camera()[:60, :60] / 255.0
+    k = motion_kernel()
+    case = q.make_case(sharp, k, g, "a.png", "k", 0)
+    y, _ = blur_valid(sharp, k, 0.01, seed=q.case_seed("a.png", "k", g, 0))
+    np.testing.assert_array_equal(case.y, y)
+    assert case.sd is None and case.sigma_eff == 0.01 and case.true_noise(g) == 0.01
+    case = q.make_case(sharp, k, p, "a.png", "k", 0)
+    assert case.sd.shape == case.y.shape == case.gt.shape
+    assert case.sigma_eff == pytest.approx(float(np.sqrt(np.mean(case.sd.astype(np.float64) ** 2))), rel=1e-6)
+    assert case.true_noise(p) is case.sd

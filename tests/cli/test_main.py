@@ -95,3 +95,55 @@ def test_a_kernel_path_that_is_a_folder_or_not_an_image_is_a_one_line_error(tmp_
                             "-o", str(tmp_path / "out.tif")], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+
+
+def test_models_lists_every_shipped_cascade(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for title, fmt in [("noise-map cascade (the default; model='noisemap')", "napari-fcnn-deblur-noisemap/1"),
+                       ("per-level cascade 1 % (model='per-level')", "napari-fcnn-deblur-cascade/1"),
+                       ("per-level cascade 3 % (model='per-level')", "napari-fcnn-deblur-cascade/1"),
+                       ("per-level cascade 5 % (model='per-level')", "napari-fcnn-deblur-cascade/1"),
+                       ("volume cascade (3D PSFs)", "napari-fcnn-deblur-volume/1")]:
+        assert title in out, title
+        block = out[out.index(title):].split("\n")[1:4]
+        assert block[0].startswith("  file: ") and block[0].endswith(" MB)"), block
+        assert block[1].startswith(f"  format: {fmt}, 3 stages, width 64"), block
+        assert block[2].startswith("  for: "), block
+    assert "default (model=None): " in out and "not installed" not in out
+    assert "model='per-level' picks it for σ < 2 %" in out and "picks it for σ ≥ 4 %" in out
+
+
+def test_models_says_what_is_missing_and_the_default_rule(tmp_path, monkeypatch, capsys):
+    import json
+
+    from napari_fcnn_deblur.core.cascade import Cascade
+    from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
+    from napari_fcnn_deblur.io import models as model_io
+
+    table = {"sigma": [0.01, 0.05], "noisemap_db": [30.0, 26.0], "per_level_db": [30.2, 25.0],
+             "date": "2026-01-02", "measured_by": "benchmarks/default_model.py"}
+    nm = NoiseMapCascade(2, width=4, metadata={model_io.DEFAULT_RULE_KEY: json.dumps(table)})
+    nm_path = model_io.save_cascade(nm, tmp_path / "nm.safetensors")
+    one = model_io.save_cascade(Cascade(2, noise_level=0.01, width=4), tmp_path / "fcnn_noise0.01.safetensors")
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: nm_path)
+    monkeypatch.setattr(model_io, "shipped_model_path",
+                        lambda level: one if level == 0.01 else tmp_path / f"missing{level:.2f}.safetensors")
+    monkeypatch.setattr(model_io, "volume_model_path", lambda: tmp_path / "no_volume.safetensors")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"  file: {nm_path} (" in out and "kB)" in out
+    assert "  format: napari-fcnn-deblur-noisemap/1, 2 stages, width 4" in out
+    assert ("default (model=None): used for Poisson–Gaussian noise, noise maps and Gaussian noise except near "
+            "σ = 1 %, where the nearest per-level cascade measured better (by 0.20 dB)") in out
+    assert "table: measured 2026-01-02 by benchmarks/default_model.py at Gaussian σ = 1, 5 %" in out
+    assert "picks it for σ < 2 %; default (model=None) for Gaussian σ near 1 %" in out
+    assert f"per-level cascade 3 % (model='per-level')\n  not installed (expected {tmp_path / 'missing0.03.safetensors'})" in out
+    assert "volume cascade (3D PSFs)\n  not installed" in out
+    # without the noise-map file the default is the per-level cascade
+    monkeypatch.setattr(model_io, "noisemap_model_path", lambda: tmp_path / "none.safetensors")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "noise-map cascade (the default; model='noisemap')\n  not installed" in out
+    assert "default (model=None): the nearest per-level cascade instead (this one is not installed)" in out
+    assert "picks it for σ < 2 %; also the default (model=None) there" in out

@@ -523,16 +523,105 @@ def _cmd_train_noisemap(args) -> int:
     return run_from_args(args, resolve_device(args.device))
 
 
-def _cmd_models(args) -> int:
-    from ..io.models import TRAINED_NOISE_LEVELS, load_cascade, shipped_model_path
+def _file_size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.1f} kB"
 
+
+def _percent(levels) -> str:
+    return ", ".join(f"{100 * v:g}" for v in levels) + " %"
+
+
+def _nearest_range(level: float, levels) -> str:
+    """The Gaussian σ range whose nearest trained level is ``level`` (ties go to the higher level)."""
+    levels = sorted(levels)
+    i = levels.index(level)
+    lo = (levels[i - 1] + level) / 2 if i > 0 else None
+    hi = (level + levels[i + 1]) / 2 if i + 1 < len(levels) else None
+    if lo is None and hi is None:
+        return "any σ"
+    if lo is None:
+        return f"σ < {100 * hi:g} %"
+    if hi is None:
+        return f"σ ≥ {100 * lo:g} %"
+    return f"{100 * lo:g} % ≤ σ < {100 * hi:g} %"
+
+
+def _default_rule_lines(noisemap_installed: bool) -> tuple[list[str], dict[float, list[float]] | None]:
+    """Lines saying what ``model=None`` picks, and {per-level cascade's level: Gaussian σ of the table it wins at}
+    (None: the per-level cascades are the default everywhere)."""
+    from ..io.models import available_models, default_rule, nearest_trained_level
+
+    if not noisemap_installed:
+        return ["default (model=None): the nearest per-level cascade instead (this one is not installed)"], None
+    try:
+        table = default_rule()
+    except ValueError as err:
+        return [f"default (model=None): at every noise level ({err})"], {}
+    if table is None:
+        return ["default (model=None): at every noise level (the file holds no measured table)"], {}
+    lost = [(s, a - b) for s, a, b in zip(table["sigma"], table["noisemap_db"], table["per_level_db"]) if a < b]
+    wins: dict[float, list[float]] = {}
+    for s, _ in lost:
+        wins.setdefault(nearest_trained_level(s), []).append(s)
+    measured = (f"measured {table.get('date', '?')} by {table.get('measured_by', '?')} at Gaussian σ = "
+                f"{_percent(table['sigma'])}; interpolated in log σ between them")
+    if not lost or not available_models():
+        why = "no per-level cascade is installed" if lost else "no per-level cascade measured better"
+        return [f"default (model=None): at every noise level ({why})", f"  table: {measured}"], {}
+    return [
+        "default (model=None): used for Poisson–Gaussian noise, noise maps and Gaussian noise except near "
+        f"σ = {_percent([s for s, _ in lost])}, where the nearest per-level cascade measured better "
+        f"(by {', '.join(f'{-d:.2f}' for _, d in lost)} dB)",
+        f"  table: {measured}",
+    ], wins
+
+
+def _cmd_models(args) -> int:
+    """List every installed cascade: the noise-map (default), the per-level and the volume cascades."""
+    from ..io.models import (
+        NOISEMAP_MODEL,
+        PER_LEVEL_MODEL,
+        TRAINED_NOISE_LEVELS,
+        load_cascade,
+        noisemap_model_path,
+        read_metadata,
+        shipped_model_path,
+        volume_model_path,
+    )
+
+    def describe(title: str, path: Path, purpose: list[str], gammas: bool = False, always: list[str] = ()) -> None:
+        print(title)
+        if not path.is_file():
+            print(f"  not installed (expected {path})")
+            for line in always:
+                print(f"  {line}")
+            return
+        meta = read_metadata(path)
+        cascade = load_cascade(path)
+        extra = f", γ = {[round(g, 4) for g in cascade.gammas.tolist()]}" if gammas else ""
+        print(f"  file: {path} ({_file_size(path.stat().st_size)})")
+        print(f"  format: {meta['format']}, {cascade.n_stages} stages, width {cascade.width}{extra}")
+        for line in [*purpose, *always]:
+            print(f"  {line}")
+
+    nm_path = noisemap_model_path()
+    rule, per_level_wins = _default_rule_lines(nm_path.is_file())
+    describe(f"noise-map cascade (the default; model='{NOISEMAP_MODEL}')", nm_path,
+             ["for: 2D images at any noise level and type: Gaussian σ, Poisson–Gaussian (photon) noise, "
+              "a per-pixel noise map or --noise auto; the networks see the noise s.d. of every pixel"], always=rule)
     for lv in TRAINED_NOISE_LEVELS:
-        p = shipped_model_path(lv)
-        if p.is_file():
-            c = load_cascade(p)
-            print(f"noise {lv:g}: {p.name}, {c.n_stages} stages, γ = {[round(g, 4) for g in c.gammas.tolist()]}")
+        if per_level_wins is None:
+            default = "; also the default (model=None) there"
         else:
-            print(f"noise {lv:g}: not installed")
+            wins = per_level_wins.get(lv)
+            default = f"; default (model=None) for Gaussian σ near {_percent(wins)}" if wins else ""
+        describe(f"per-level cascade {100 * lv:g} % (model='{PER_LEVEL_MODEL}')", shipped_model_path(lv),
+                 [f"for: 2D images with Gaussian noise of s.d. near {100 * lv:g} % (the paper's setting); "
+                  f"model='{PER_LEVEL_MODEL}' picks it for {_nearest_range(lv, TRAINED_NOISE_LEVELS)}{default}"],
+                 gammas=True)
+    describe("volume cascade (3D PSFs)", volume_model_path(),
+             ["for: volumes (Z, Y, X) with a 3D PSF (a z-stack kernel): deconvolved in 3D, any noise "
+              "(noise maps, --noise auto by default); used whenever the PSF is 3D"])
     return 0
 
 

@@ -35,6 +35,37 @@ def blur_valid(sharp: np.ndarray, kernel: np.ndarray, noise_level: float, seed: 
     return y.astype(np.float32), gt.astype(np.float32)
 
 
+def poisson_gaussian_noise(clean: np.ndarray, photons: float, read_noise: float,
+                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Photon (Poisson–Gaussian) noise on the [0, 1] scale, and its true per-pixel s.d.
+
+    ``noisy = Poisson(photons · x) / photons + N(0, read_noise²)`` with ``x = max(clean, 0)``
+    (``photons`` expected photons at intensity 1, ``read_noise`` an s.d. on the [0, 1] scale): the
+    noise level function σ²(x) = x / photons + read_noise² of :mod:`napari_fcnn_deblur.engine.noise`
+    (a = 1/photons, b = read_noise²).  Returns (noisy, s.d. map ``sqrt(x / photons + read_noise²)``),
+    float64, shape of ``clean``.  The Poisson draws come first, then the Gaussian ones, from ``rng``.
+    """
+    if not (np.isfinite(photons) and photons > 0 and np.isfinite(read_noise) and read_noise >= 0):
+        raise ValueError(f"need photons > 0 and read_noise >= 0, got {photons} and {read_noise}")
+    x = np.maximum(np.asarray(clean, np.float64), 0.0)
+    noisy = rng.poisson(photons * x) / photons + rng.normal(0.0, read_noise, x.shape)
+    return noisy, np.sqrt(x / photons + read_noise * read_noise)
+
+
+def blur_valid_photons(sharp: np.ndarray, kernel: np.ndarray, photons: float, read_noise: float,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Valid convolution + :func:`poisson_gaussian_noise`; returns (blurry, aligned sharp crop, true s.d. map).
+
+    The s.d. map is computed from the noiseless blurred image (what a noise-map cascade given the
+    true noise receives); all three float32.
+    """
+    blur = fftconvolve(sharp.astype(np.float64), kernel.astype(np.float64), mode="valid")
+    y, sd = poisson_gaussian_noise(blur, photons, read_noise, np.random.default_rng(seed))
+    oy, ox = kernel.shape[0] // 2, kernel.shape[1] // 2
+    gt = sharp[oy : oy + y.shape[0], ox : ox + y.shape[1]]
+    return y.astype(np.float32), gt.astype(np.float32), sd.astype(np.float32)
+
+
 def motion_blur_sample(noise_level: float = 0.01, kernel_size: int = 21, seed: int = 3) -> Sample:
     """scikit-image's bundled 'camera' (512×512) blurred by a random camera-shake kernel."""
     from skimage import data
