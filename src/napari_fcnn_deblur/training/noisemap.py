@@ -54,6 +54,7 @@ from ..core.conditioned import (
 from ..core.denoiser import RECEPTIVE_RADIUS, GradientDenoiser, match_memory_format
 from ..data.motion_kernels import embed_centered, random_motion_kernel
 from ..data.psf import random_psf
+from ..data.samples import poisson_gaussian_noise
 from ..io.models import load_cascade, nearest_trained_level, save_cascade
 from .stagewise import (
     KERNEL_BOX,
@@ -147,9 +148,7 @@ def add_noise(rng: np.random.Generator, blur: np.ndarray, cfg: NMConfig) -> tupl
         lo, hi = cfg.photons_range
         p = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         sr = rng.uniform(0.0, cfg.read_max)
-        pos = np.maximum(blur, 0.0).astype(np.float64)
-        y = rng.poisson(p * pos) / p + rng.normal(0.0, sr, blur.shape)
-        sd = np.sqrt(pos / p + sr * sr)
+        y, sd = poisson_gaussian_noise(blur, p, sr, rng)
     sd = sd * (1.0 + cfg.map_jitter * rng.uniform(-1.0, 1.0))
     return y.astype(np.float32), sd.astype(np.float32)
 
@@ -384,9 +383,7 @@ def make_validation_set(images: list[np.ndarray], kernels: list[np.ndarray], cfg
                 sd = np.full(blur.shape, cond[1])
             else:
                 p, sr = cond[1], cond[2]
-                pos = np.maximum(blur, 0)
-                y = rng.poisson(p * pos) / p + rng.normal(0, sr, blur.shape)
-                sd = np.sqrt(pos / p + sr * sr)
+                y, sd = poisson_gaussian_noise(blur, p, sr, rng)
             oy, ox = kk.shape[0] // 2, kk.shape[1] // 2
             gt = crops[:, oy : oy + blur.shape[1], ox : ox + blur.shape[2]]
             cases.append((kt, torch.from_numpy(y.astype(np.float32)), torch.from_numpy(sd.astype(np.float32)),
