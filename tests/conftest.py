@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,26 @@ def soft_volume_cascade():
         planar.gamma_coeffs.zero_()
         planar.gamma_coeffs[:, 0] = torch.log(torch.tensor([300.0, 200.0, 200.0, 200.0]))
     return VolumeCascade.from_planar(planar)
+
+
+def slowed_steps(real, delay: float, threads: list[str] | None = None):
+    """A ``steps`` method (``DeblurRun.steps``, ``VolumeRun.steps``: ``real``, the unpatched one) that waits
+    ``delay`` s before each item and, with ``threads``, records the name of the thread computing it.
+
+    For widget tests that cancel mid-run or watch the GUI thread: ``monkeypatch.setattr(DeblurRun, "steps",
+    slowed_steps(DeblurRun.steps, 0.2))``.
+    """
+
+    def wrapper(self, *args, **kwargs):
+        gen = real(self, *args, **kwargs)
+        while True:
+            time.sleep(delay)
+            if threads is not None:
+                threads.append(threading.current_thread().name)
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+            yield item
+
+    return wrapper

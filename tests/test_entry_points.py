@@ -11,7 +11,7 @@ da = pytest.importorskip("dask.array")
 tifffile = pytest.importorskip("tifffile")
 
 from napari_fcnn_deblur import deblur  # noqa: E402
-from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER  # noqa: E402
+from napari_fcnn_deblur._widget import AUTO, FROM_FILE, NUMBER, WHOLE_LAYER  # noqa: E402
 from napari_fcnn_deblur.cli import main  # noqa: E402
 
 
@@ -41,7 +41,10 @@ def test_stack_gives_the_same_result_through_every_entry_point(make_napari_viewe
     widget.model_file.value = known_model_file
     widget.image_layer.value = viewer.layers["stack"]
     widget.kernel_layer.value = viewer.layers["psf"]
-    widget.noise_level.value = "auto" if noise == "auto" else 0.01
+    if noise == "auto":
+        widget.noise_mode.value = AUTO
+    else:
+        widget.noise_mode.value, widget.noise_percent.value = NUMBER, 1.0  # %: noise_level 0.01
     widget.scope.value = WHOLE_LAYER
     widget.device.value, widget.precision.value = "cpu", "fp32"
     widget.run_button.clicked.emit()

@@ -2,7 +2,8 @@
 
 No trained weights are needed: a deterministic 3-stage test cascade (each FCNN is an exact
 soft-threshold of the gradients, i.e. a sparse-gradient prior) is saved to a file and picked
-through the widget's "model file" option.
+through the widget's "model file" option.  Only the tests of the 'Model' choices run the shipped
+cascades (one stage on a small crop).
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ pytest.importorskip("pytestqt")
 from napari.layers import Image  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from conftest import soft_threshold_cascade  # noqa: E402
+from conftest import slowed_steps, soft_threshold_cascade  # noqa: E402
 from napari_fcnn_deblur import Cascade, deblur, save_cascade  # noqa: E402
 from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
-from napari_fcnn_deblur._widget import FROM_FILE, WHOLE_LAYER, DeblurWidget  # noqa: E402
+from napari_fcnn_deblur._widget import (  # noqa: E402
+    AUTO,
+    DEFAULT_MODEL,
+    FROM_FILE,
+    NOISEMAP,
+    NUMBER,
+    PER_LEVEL,
+    WHOLE_LAYER,
+    DeblurWidget,
+)
 from napari_fcnn_deblur.data.motion_kernels import random_motion_kernel  # noqa: E402
 from napari_fcnn_deblur.data.psf import gaussian_psf  # noqa: E402
 from napari_fcnn_deblur.data.samples import blur_valid  # noqa: E402
@@ -82,6 +92,12 @@ def open_widget(viewer, model_file: Path | None) -> DeblurWidget:
     return widget
 
 
+def given_noise(widget: DeblurWidget, percent: float) -> None:
+    """Set 'Noise' to a number: ``percent`` % (the tests that compare with ``deblur(..., 0.01)``)."""
+    widget.noise_mode.value = NUMBER
+    widget.noise_percent.value = percent
+
+
 def run_and_wait(qtbot, widget: DeblurWidget, timeout: int = 60_000) -> None:
     widget.run_button.clicked.emit()  # what a click does
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
@@ -97,6 +113,7 @@ def setup(make_napari_viewer, case, model_file):
     viewer.add_image(case["blurry"].copy(), name="blurry", scale=(0.5, 0.5), translate=(10.0, 20.0))
     viewer.add_image(case["kernel"].copy(), name="kernel", colormap="inferno")
     widget = open_widget(viewer, model_file)
+    given_noise(widget, 1.0)
     return viewer, widget
 
 
@@ -159,30 +176,12 @@ def test_gradients_and_rerun_update_layers(setup, qtbot):
     assert viewer.layers.selection.active is viewer.layers["blurry stage 3"]
 
 
-def slowed_steps(delay: float, threads: list[str]):
-    """DeblurRun.steps that waits ``delay`` s before each item and records the thread computing it."""
-    real = widget_module.DeblurRun.steps
-
-    def wrapper(self, image):
-        gen = real(self, image)
-        while True:
-            time.sleep(delay)
-            threads.append(threading.current_thread().name)
-            try:
-                item = next(gen)
-            except StopIteration:
-                return
-            yield item
-
-    return wrapper
-
-
 def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
     from qtpy.QtCore import QTimer
 
     viewer, widget = setup
     threads: list[str] = []
-    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.125, threads))
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(widget_module.DeblurRun.steps, 0.125, threads))
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(20)
@@ -207,7 +206,7 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
 
 def test_cancel_keeps_finished_layers_then_second_run_works(setup, qtbot, monkeypatch, notes):
     viewer, widget = setup
-    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.2, []))
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(widget_module.DeblurRun.steps, 0.2))
     widget.run_button.clicked.emit()
     assert widget.running and widget.cancel_button.enabled and not widget.run_button.enabled
     assert widget.activity.total == 4  # napari's activity dock shows the same progress
@@ -259,9 +258,29 @@ def _nan_kernel(viewer, case):
     return {"kernel": "nan kernel"}
 
 
+def no_shipped_models(monkeypatch, tmp_path, noisemap: bool = False, per_level: bool = False) -> None:
+    """Make the shipped noise-map and/or per-level cascades look uninstalled (their paths point nowhere)."""
+    if noisemap:
+        monkeypatch.setattr(model_io, "noisemap_model_path", lambda: tmp_path / "missing_noisemap.safetensors")
+    if per_level:
+        monkeypatch.setattr(model_io, "shipped_model_path", lambda level: tmp_path / f"missing_{level}.safetensors")
+
+
 def _no_model(viewer, case, monkeypatch, tmp_path, widget):
-    monkeypatch.setattr(model_io, "shipped_model_path", lambda level: tmp_path / f"missing_{level}.safetensors")
-    widget.model_source.value = widget_module.SHIPPED
+    no_shipped_models(monkeypatch, tmp_path, noisemap=True, per_level=True)
+    widget.model_source.value = DEFAULT_MODEL
+    return {}
+
+
+def _no_noisemap_model(viewer, case, monkeypatch, tmp_path, widget):
+    no_shipped_models(monkeypatch, tmp_path, noisemap=True)
+    widget.model_source.value = NOISEMAP
+    return {}
+
+
+def _no_per_level_model(viewer, case, monkeypatch, tmp_path, widget):
+    no_shipped_models(monkeypatch, tmp_path, per_level=True)
+    widget.model_source.value = PER_LEVEL
     return {}
 
 
@@ -283,7 +302,10 @@ BAD_INPUTS = {
     "empty layer": (_empty_layer, "error", "empty"),
     "NaN in image": (_nan_image, "error", "not numbers (NaN)"),
     "NaN in kernel": (_nan_kernel, "error", "NaN"),
-    "no trained model": (_no_model, "error", "No trained model is installed"),
+    "no trained model": (_no_model, "error", "No trained model is installed (neither the noise-map cascade"),
+    "no noise-map cascade": (_no_noisemap_model, "error", "The noise-map cascade is not installed. Under 'Model', "
+                             "choose 'per-level'"),
+    "no per-level cascade": (_no_per_level_model, "error", "No per-level cascade is installed for 1 % noise"),
     "not a model file": (_not_a_model, "error", "not a napari-fcnn-deblur model"),
     "blank image": (_blank_image, "warning", "blank"),
 }
@@ -293,7 +315,7 @@ BAD_INPUTS = {
 def test_bad_input_gives_notification_and_changes_nothing(setup, qtbot, case, notes, monkeypatch, tmp_path, case_name):
     viewer, widget = setup
     make, severity, text = BAD_INPUTS[case_name]
-    if make in (_no_model, _not_a_model):
+    if make in (_no_model, _no_noisemap_model, _no_per_level_model, _not_a_model):
         picks = make(viewer, case, monkeypatch, tmp_path, widget)
     else:
         picks = make(viewer, case)
@@ -352,7 +374,8 @@ def test_pickers_offer_image_layers_and_small_2d_kernels(setup):
     assert set(kernel_names) == {"kernel", "psf 1x9x9", "blurry"}  # 146 × 146 is still "small"
     assert kernel_names[0] in ("kernel", "psf 1x9x9")  # named kernels / PSFs first
     assert widget.device.choices[0] == "auto" and "cpu" in widget.device.choices
-    assert [c for c in widget.noise_level.choices] == [0.01, 0.03, 0.05, "auto"]
+    assert list(widget.noise_mode.choices) == [AUTO, NUMBER]
+    assert list(widget.model_source.choices) == [DEFAULT_MODEL, NOISEMAP, PER_LEVEL, FROM_FILE]
 
 
 def test_iterations_follow_the_model(setup, tmp_path, monkeypatch):
@@ -361,9 +384,9 @@ def test_iterations_follow_the_model(setup, tmp_path, monkeypatch):
     widget.model_file.value = two
     assert widget.iterations.max == 2 and widget.iterations.value == 2
     assert shown(widget, widget.model_file)
-    monkeypatch.setattr(model_io, "shipped_model_path", lambda level: tmp_path / "none.safetensors")
-    widget.model_source.value = widget_module.SHIPPED
-    assert "No trained model" in widget.status.value
+    no_shipped_models(monkeypatch, tmp_path, noisemap=True, per_level=True)
+    widget.model_source.value = DEFAULT_MODEL
+    assert "No trained model is installed" in widget.status.value
     assert not shown(widget, widget.model_file)
 
 
@@ -373,6 +396,7 @@ def test_stack_current_plane_preview_and_whole_layer(make_napari_viewer, qtbot, 
     stack = viewer.add_image(planes.copy(), name="stack", scale=(2.0, 1.0, 1.0), translate=(5.0, 0.0, 0.0))
     viewer.add_image(case["kernel"], name="psf")
     widget = open_widget(viewer, model_file)
+    given_noise(widget, 1.0)
     assert shown(widget, widget.scope)
     widget.iterations.value = 1
     viewer.dims.set_point(0, 5.0 + 2 * 2.0)  # world position of plane 2
@@ -495,6 +519,7 @@ def test_run_with_gaussian_generator_needs_no_kernel_layer(make_napari_viewer, q
     viewer = make_napari_viewer()
     viewer.add_image(gaussian_case["blurry"].copy(), name="blurry")
     widget = open_widget(viewer, model_file)
+    assert widget.noise_mode.value == AUTO and not shown(widget, widget.noise_percent)  # the default: estimated
     widget.kernel_source.value = "Gaussian"
     widget.psf_sigma.value = 2.0
     run_and_wait(qtbot, widget)
@@ -504,7 +529,7 @@ def test_run_with_gaussian_generator_needs_no_kernel_layer(make_napari_viewer, q
     assert final.metadata["napari_fcnn_deblur"]["kernel"] == "Gaussian PSF σ=2"
     gain = psnr(final.data, gaussian_case["gt"]) - psnr(gaussian_case["blurry"], gaussian_case["gt"])
     assert gain > 1.0, f"final PSNR gain only {gain:.2f} dB"
-    expected = deblur(gaussian_case["blurry"], gaussian_psf(2.0), 0.01, 3, "cpu", model_file)
+    expected = deblur(gaussian_case["blurry"], gaussian_psf(2.0), "auto", 3, "cpu", model_file)
     np.testing.assert_allclose(final.data, expected, atol=1e-5)
 
 
@@ -550,22 +575,125 @@ def test_estimate_noise_from_image(make_napari_viewer, qtbot, model_file, notes)
     viewer.add_image(blurry, name="noisy")
     widget = open_widget(viewer, model_file)
     widget.kernel_source.value = "Gaussian"
-    widget.noise_level.value = "auto"
+    widget.noise_mode.value = AUTO
     widget.iterations.value = 1
     run_and_wait(qtbot, widget)
     assert not [n for n in notes() if n[0] == "error"], notes()
     assert "noisy stage 1" in viewer.layers
-    m = re.search(r"estimated noise ([0-9.]+) %", widget.status.value)
+    m = re.search(r"estimated noise σ = ([0-9.]+) % \(Gaussian\)", widget.status.value)
     assert m, widget.status.value
     assert abs(float(m.group(1)) - 3.0) < 0.3 * 3.0, widget.status.value
     meta = viewer.layers["noisy stage 1"].metadata["napari_fcnn_deblur"]
     assert meta["noise_estimated"] and meta["noise_level"] == pytest.approx(float(m.group(1)) / 100, abs=1e-3)
+    assert meta["noise"].startswith("σ = ") and meta["model"].startswith("cascade file test_cascade.safetensors")
+    assert "model: cascade file test_cascade.safetensors" in widget.status.value
 
 
-def test_estimate_noise_message_names_the_shipped_model(setup, monkeypatch):
+# ----------------------------------------------------------------------------- noise and model choices
+
+
+@pytest.fixture
+def prepared(monkeypatch) -> list[dict]:
+    """The noise_level and model of every DeblurRun.prepare the widget's worker calls (the real one runs)."""
+    calls: list[dict] = []
+    real = widget_module.DeblurRun.prepare
+
+    def spy(cls, image, kernel, noise_level, iterations, device, model, **kw):
+        calls.append({"noise_level": noise_level, "model": model})
+        return real(image, kernel, noise_level, iterations, device, model, **kw)
+
+    monkeypatch.setattr(widget_module.DeblurRun, "prepare", classmethod(spy))
+    return calls
+
+
+def test_noise_number_reaches_the_engine(setup, qtbot, prepared, notes):
     viewer, widget = setup
-    job = widget_module._Job("x", None, False, np.ones((1, 1)), 0.027, 1, "cpu", None, ((),), False)
-    assert DeblurWidget._noise_text(0.027, job) == "estimated noise 2.7 % → 3 % model"
+    widget.noise_mode.value = AUTO
+    assert not shown(widget, widget.noise_percent)  # the number only with 'a number'
+    widget.noise_mode.value = NUMBER
+    assert shown(widget, widget.noise_percent)
+    assert (widget.noise_percent.min, widget.noise_percent.max, widget.noise_percent.step) == (0.1, 30.0, 0.1)
+    widget.noise_percent.value = 2.7
+    assert widget._prepare_job().noise_level == pytest.approx(0.027)
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert [c["noise_level"] for c in prepared] == [pytest.approx(0.027)]
+    meta = viewer.layers["blurry stage 1"].metadata["napari_fcnn_deblur"]
+    assert meta["noise_level"] == pytest.approx(0.027) and not meta["noise_estimated"]
+    assert meta["noise"].startswith("σ = 0.027 (2.70 %")
+    assert "noise σ = 2.7 % (given)" in widget.status.value
+
+
+def test_auto_noise_of_a_camera_image_shows_the_poisson_gaussian_fit(make_napari_viewer, qtbot, model_file, notes):
+    import re
+
+    from skimage import data
+
+    from napari_fcnn_deblur.engine.noise import estimate_noise
+
+    sharp = data.camera()[100:260, 180:340].astype(np.float32) / 255
+    blurred, _ = blur_valid(sharp, gaussian_psf(2.0), 0.0, seed=2)
+    rng = np.random.default_rng(0)  # 300 photons at full intensity, read noise 2, offset 100: photon noise dominates
+    camera = (rng.poisson(np.clip(blurred, 0, None) * 300) + rng.normal(0, 2, blurred.shape) + 100).round()
+    camera = camera.astype(np.uint16)
+    expected = estimate_noise(camera)  # the engine's rule, on the same intensity map as the run's
+    assert expected.kind == "poisson-gaussian"
+    viewer = make_napari_viewer()
+    viewer.add_image(camera, name="camera")
+    widget = open_widget(viewer, model_file)
+    widget.kernel_source.value = "Gaussian"
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert f"estimated noise: {expected.describe()}" in widget.status.value
+    assert re.search(r"Poisson–Gaussian a=[0-9.e+-]+, b=[0-9.e+-]+", widget.status.value), widget.status.value
+    meta = viewer.layers["camera stage 1"].metadata["napari_fcnn_deblur"]
+    assert meta["noise"] == expected.describe() and meta["noise_estimated"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "model", "label"),
+    [
+        (DEFAULT_MODEL, None, ""),  # whichever the measured table picks at 1 %: the engine says
+        (NOISEMAP, "noisemap", "noise-map cascade ("),
+        (PER_LEVEL, "per-level", "per-level cascade 1 % ("),
+    ],
+)
+def test_each_model_choice_reaches_the_engine(make_napari_viewer, qtbot, case, prepared, notes, choice, model, label):
+    viewer = make_napari_viewer()
+    viewer.add_image(case["blurry"][:64, :64].copy(), name="crop")
+    viewer.add_image(case["kernel"], name="kernel")
+    widget = open_widget(viewer, None)  # the shipped cascades
+    assert widget.model_source.value == DEFAULT_MODEL
+    widget.model_source.value = choice
+    assert not shown(widget, widget.model_file) and widget.status.value == ""
+    given_noise(widget, 1.0)
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert prepared == [{"noise_level": 0.01, "model": model}]
+    expected = model_io.select_model(model, 0.01).describe()  # which model runs, and why
+    assert expected.startswith(label)
+    meta = viewer.layers["crop stage 1"].metadata["napari_fcnn_deblur"]
+    assert meta["model"] == expected and meta["model_choice"] == choice
+    assert f"noise σ = 1 % (given); model: {expected}" in widget.status.value
+
+
+def test_default_runs_a_per_level_cascade_without_the_noise_map_cascade(make_napari_viewer, qtbot, case, prepared,
+                                                                       monkeypatch, tmp_path, notes):
+    no_shipped_models(monkeypatch, tmp_path, noisemap=True)
+    viewer = make_napari_viewer()
+    viewer.add_image(case["blurry"][:64, :64].copy(), name="crop")
+    viewer.add_image(case["kernel"], name="kernel")
+    widget = open_widget(viewer, None)
+    given_noise(widget, 3.0)
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget)
+    assert not [n for n in notes() if n[0] == "error"], notes()
+    assert prepared[0]["model"] is None
+    meta = viewer.layers["crop stage 1"].metadata["napari_fcnn_deblur"]
+    assert meta["model"] == "per-level cascade 3 % (default: the noise-map cascade is not installed)"
 
 
 # ----------------------------------------------------------------------------- measured PSF layers
@@ -580,6 +708,7 @@ def test_measured_psf_layer_is_prepared_and_said(make_napari_viewer, qtbot, gaus
     bead = bead_crop(gaussian_psf(2.0), shift=(3, -2), offset=100.0)  # uint16 counts on a camera offset
     viewer.add_image(bead.copy(), name="bead psf")
     widget = open_widget(viewer, model_file)
+    given_noise(widget, 1.0)
     assert widget.kernel_layer.value is viewer.layers["bead psf"] and widget.kernel_prep.value == "auto"
     assert shown(widget, widget.kernel_prep)
     widget.iterations.value = 1
@@ -695,7 +824,7 @@ def test_cancelled_whole_stack_run_leaves_the_viewer_as_it_was(make_napari_viewe
                                                               monkeypatch, notes):
     viewer, widget = _stack_viewer(make_napari_viewer, case, model_file)
     before = snapshot(viewer)
-    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(0.1, []))
+    monkeypatch.setattr(widget_module.DeblurRun, "steps", slowed_steps(widget_module.DeblurRun.steps, 0.1))
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=30_000)
     widget.cancel_button.clicked.emit()

@@ -5,7 +5,6 @@ cascade of conftest (its networks soft-threshold the gradients), saved to a file
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,17 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 import test_widget  # noqa: E402
-from conftest import soft_volume_cascade  # noqa: E402
+from conftest import slowed_steps, soft_volume_cascade  # noqa: E402
 from napari_fcnn_deblur import _widget as widget_module  # noqa: E402
 from napari_fcnn_deblur import deblur, save_cascade  # noqa: E402
 from napari_fcnn_deblur._widget import (  # noqa: E402
+    AUTO,
     CONFOCAL_3D,
     CURRENT_PLANE,
+    DEFAULT_MODEL,
+    NOISEMAP,
+    NUMBER,
+    PER_LEVEL,
     WHOLE_LAYER,
     WIDEFIELD_3D,
 )
@@ -68,29 +72,13 @@ def volume_viewer(make_napari_viewer, stack, model, psf_scale=SPACING, **image_k
     return viewer, widget
 
 
-def slowed_volume_steps(delay: float):
-    real = widget_module.VolumeRun.steps
-
-    def wrapper(self, image, keep_gradients=True):
-        gen = real(self, image, keep_gradients)
-        while True:
-            time.sleep(delay)
-            try:
-                item = next(gen)
-            except StopIteration:
-                return
-            yield item
-
-    return wrapper
-
-
 def test_volume_run_adds_3d_stage_layers_with_the_source_frame(make_napari_viewer, qtbot, stack, volume_model,
                                                                notes):
     viewer, widget = volume_viewer(make_napari_viewer, stack, volume_model, translate=(1.0, 2.0, 3.0),
                                    metadata={"channel": "GFP"}, axis_labels=("z", "y", "x"))
     assert widget.kernel_layer.value is viewer.layers["psf"]
     assert "volume (Z, Y, X) with a 3D PSF: 3D deconvolution" in widget.layout_info.value
-    assert widget.noise_level.value == "auto"  # camera z-stacks: the noise is estimated
+    assert widget.noise_mode.value == AUTO  # camera z-stacks: the noise is estimated
     widget.scope.value = WHOLE_LAYER
     widget.run_button.clicked.emit()
     assert "volume (Z, Y, X) with a 3D PSF: 3D deconvolution" in widget.status.value
@@ -109,6 +97,8 @@ def test_volume_run_adds_3d_stage_layers_with_the_source_frame(make_napari_viewe
         assert meta["kernel_shape"] == (5, 9, 9) and meta["noise"].startswith("Poisson–Gaussian")
     assert widget.progress.value == widget.progress.max == 4  # volume-steps
     assert "estimated noise: Poisson–Gaussian" in widget.status.value  # the engine's estimate, in words
+    assert f"model: volume cascade {volume_model}" in widget.status.value
+    assert viewer.layers["cells stage 3"].metadata["napari_fcnn_deblur"]["model"] == f"volume cascade {volume_model}"
     final = viewer.layers["cells stage 3"].data
     gain = psnr(final, stack["sharp"]) - psnr(stack["data"], stack["sharp"])
     assert gain > 2.0, f"PSNR gain only {gain:.2f} dB"
@@ -123,10 +113,15 @@ def test_kernel_picker_offers_3d_psfs_and_the_mode_follows_the_kernel(make_napar
     viewer.add_image(np.ones((9, 9), np.float32), name="kernel 2d")
     names = [lyr.name for lyr in widget.kernel_layer.choices]
     assert {"psf", "kernel 2d"} <= set(names) and "big stack" not in names
-    assert widget.noise_level.value == "auto"
+    assert widget.noise_mode.value == AUTO
     widget.kernel_layer.value = viewer.layers["kernel 2d"]  # a 2D kernel on a z-stack: plane by plane, as before
     assert widget.layout_info.value.startswith("2D kernel: the plane on screen of a stack of 12")
-    assert widget.noise_level.value == 0.01  # the user's noise choice comes back
+    assert widget.noise_mode.value == AUTO  # it was 'auto' already
+    widget.noise_mode.value, widget.noise_percent.value = NUMBER, 2.5
+    widget.kernel_layer.value = viewer.layers["psf"]  # volumes: estimated ...
+    assert widget.noise_mode.value == AUTO and not shown(widget, widget.noise_percent)
+    widget.kernel_layer.value = viewer.layers["kernel 2d"]  # ... and the user's number comes back with a 2D kernel
+    assert widget.noise_mode.value == NUMBER and widget.noise_percent.value == 2.5
     widget.kernel_layer.value = viewer.layers["psf"]
     assert widget.layout_info.value.startswith("volume (Z, Y, X) with a 3D PSF")
     assert "z-slab around the plane on screen" in widget.layout_info.value
@@ -304,6 +299,20 @@ def test_a_2d_cascade_file_is_refused_for_a_3d_psf(make_napari_viewer, qtbot, st
     assert snapshot(viewer) == before
 
 
+@pytest.mark.parametrize("choice", [NOISEMAP, PER_LEVEL])
+def test_a_2d_model_name_is_refused_for_a_3d_psf(make_napari_viewer, qtbot, stack, notes, choice):
+    viewer, widget = volume_viewer(make_napari_viewer, stack, None)  # the shipped models
+    assert widget.model_source.value == DEFAULT_MODEL and widget.status.value == ""  # the volume cascade
+    widget.model_source.value = choice
+    assert "deblurs 2D planes only" in widget.status.value  # said before Run ...
+    before = snapshot(viewer)
+    run_and_wait(qtbot, widget)
+    errors = [m for sev, m in notes() if sev == "error"]  # ... and at Run: nothing runs, no layer
+    assert any("deblurs 2D planes only; a 3D PSF is deconvolved by the volume cascade" in m
+               and f"choose '{DEFAULT_MODEL}'" in m for m in errors), notes()
+    assert snapshot(viewer) == before and not widget.running
+
+
 def test_measured_bead_stack_is_prepared_in_3d(make_napari_viewer, qtbot, stack, volume_model, notes):
     bead = np.zeros((9, 21, 21))
     bead[3:8, 7:16, 4:13] = stack["psf"] / stack["psf"].max() * 2000  # off-centre by (+1, +1, -2)
@@ -323,7 +332,7 @@ def test_measured_bead_stack_is_prepared_in_3d(make_napari_viewer, qtbot, stack,
 def test_cancel_stops_a_volume_run(make_napari_viewer, qtbot, stack, volume_model, monkeypatch, notes):
     viewer, widget = volume_viewer(make_napari_viewer, stack, volume_model)
     widget.scope.value = WHOLE_LAYER
-    monkeypatch.setattr(widget_module.VolumeRun, "steps", slowed_volume_steps(0.3))
+    monkeypatch.setattr(widget_module.VolumeRun, "steps", slowed_steps(widget_module.VolumeRun.steps, 0.3))
     widget.run_button.clicked.emit()
     assert widget.running and widget.activity.total == 4
     qtbot.waitUntil(lambda: "cells stage 0" in viewer.layers, timeout=60_000)

@@ -25,6 +25,13 @@ three axes are (Z, Y, X), leading axes are a stack of volumes.  The preview
 deconvolves the z-slab of ±(PSF depth) planes around the plane on screen (the
 whole (Y, X) extent) and shows that slab in place; stage layers are 3D, with
 grad x / y / z layers when asked.  A 2D kernel on such a layer stays plane by plane.
+
+Noise and model: *Noise* is ``"auto"`` (the engine estimates σ, or a Poisson–Gaussian a·x + b, from the
+whole layer) or a number (the spin box, in %); *Model* is the engine's default rule (``model=None``: the
+noise-map cascade, or the per-level cascade where the measured table says it is better; volumes: the volume
+cascade), ``"noisemap"``, ``"per-level"`` (2D only) or a cascade file.  The widget never picks a model
+itself: once the worker has prepared the run it shows the noise the engine used and the model it chose,
+with the reason (``run.model_description``), and the result layers' metadata records both.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from .data import psf, psf3d
 from .engine.devices import PRECISIONS, available_devices
 from .engine.kernels import prepare_kernel
 from .engine.layout import PlaneLayout
+from .engine.noise import NoiseLevel
 from .io import models as model_io
 
 if TYPE_CHECKING:
@@ -80,14 +88,35 @@ DEFAULT_STAGES = 3
 #: Key of the provenance dict this widget writes into the metadata of the layers it makes.
 META_KEY = "napari_fcnn_deblur"
 
-SHIPPED = "shipped (matched to the noise level)"
+#: 'Model' choices (the combo's values): the engine's default rule (``model=None``: the noise-map cascade, or
+#: a per-level cascade where the measured table says it is better; with a 3D PSF the volume cascade), the
+#: shipped noise-map cascade, the paper's per-level cascade nearest the noise level (2D only), a cascade file.
+DEFAULT_MODEL = "default"
+NOISEMAP = model_io.NOISEMAP_MODEL
+PER_LEVEL = model_io.PER_LEVEL_MODEL
 FROM_FILE = "model file"
+_LEVELS = "/".join(f"{lv * 100:g}" for lv in model_io.TRAINED_NOISE_LEVELS)
+MODEL_CHOICES = [
+    ("default (noise-map cascade; per-level where measured better)", DEFAULT_MODEL),
+    ("noise-map cascade", NOISEMAP),
+    (f"per-level (paper's {_LEVELS} % models)", PER_LEVEL),
+    (FROM_FILE, FROM_FILE),
+]
+MODEL_LABELS = {value: label for label, value in MODEL_CHOICES}
+#: The shipped models named by the 'Model' combo that only deblur planes (a 3D PSF runs the volume cascade).
+MODELS_2D = (NOISEMAP, PER_LEVEL)
 CURRENT_PLANE = "current plane (preview)"
 WHOLE_LAYER = "whole layer"
 
-#: Noise-level choice whose value makes the worker estimate the noise from the image.
-ESTIMATE = "estimate from image"
+#: 'Noise' choices: estimated by the engine from the image (``noise_level="auto"``), or the number of the
+#: spin box (s.d. in % of the intensity range the run maps to [0, 1]).
 AUTO = "auto"
+NUMBER = "number"
+NOISE_CHOICES = [("auto (estimate from the image)", AUTO), ("a number (s.d. in %)", NUMBER)]
+#: The noise spin box: range, step and default (%).
+NOISE_PERCENT_RANGE = (0.1, 30.0)
+NOISE_PERCENT_STEP = 0.1
+NOISE_PERCENT_DEFAULT = 1.0
 
 #: Kernel sources: a layer of the viewer, or one of the model PSF generators of :mod:`.psf`.
 KERNEL_LAYER = "layer"
@@ -136,7 +165,7 @@ class _Job:
     noise_level: float | str  # AUTO: estimated once by the engine for the whole layer
     iterations: int
     device: str
-    model: Path | None  # None = the shipped cascade for the noise level
+    model: Path | str | None  # None: the engine's default rule (volumes: the volume cascade); NOISEMAP; PER_LEVEL
     plane_index: tuple[int, ...]  # leading-axis index of the preview plane; () = the whole layer
     preview: bool
     kernel_name: str = ""  # the kernel layer's name, or the generated PSF's description
@@ -157,11 +186,12 @@ class _Job:
 
 
 @dataclass
-class _NoiseEstimated:
-    """The noise level the engine estimated (before the first stage)."""
+class _Prepared:
+    """The engine prepared the run (before the first stage): the noise it uses and the model it chose."""
 
-    value: float
-    text: str = ""  # the engine's words for it (NoiseLevel.describe), for volumes
+    noise: NoiseLevel  # given or estimated (σ, or Poisson–Gaussian a and b)
+    model: str  # which model runs and why (the run's model_description)
+    estimated: bool  # the noise was estimated from the image ('auto')
 
 
 @dataclass
@@ -215,8 +245,11 @@ def _image_problem(image: np.ndarray, job: _Job, index: tuple[int, ...]) -> _Fai
 def _explain(err: Exception, job: _Job, index: tuple[int, ...] = ()) -> _Failed:
     """Turn an engine exception into a message for the notification area."""
     name, where = job.source_name, _plane_words(index)
-    if isinstance(err, model_io.ModelNotFoundError):
-        return _Failed(_no_model_message(job.noise_level))
+    if isinstance(err, model_io.ModelNotFoundError):  # e.g. the per-level cascade nearest an estimate
+        text = str(err).split(". ")[0]
+        return _Failed(_missing_model(job.model, job.noise_level) or (
+            f"The model for '{name}' is not installed ({text}). Under 'Model', choose another model or "
+            f"'{FROM_FILE}', or reinstall napari-fcnn-deblur."))
     if isinstance(err, OSError) and job.scratch is not None and str(job.scratch) in str(err):
         return _Failed(
             f"Deblurring '{name}' could not keep its intermediate stages on disk ({err}). Free disk space in "
@@ -236,12 +269,45 @@ def _explain(err: Exception, job: _Job, index: tuple[int, ...] = ()) -> _Failed:
     return _Failed(f"Deblurring '{name}'{where} failed unexpectedly ({type(err).__name__}: {err}). Please report this.")
 
 
-def _no_model_message(noise_level: float | str) -> str:
-    level = model_io.TRAINED_NOISE_LEVELS[0] if noise_level == AUTO else model_io.nearest_trained_level(noise_level)
-    return (
-        f"No trained model is installed for {level * 100:g} % noise. Under 'Model', choose '{FROM_FILE}' and pick a "
-        "cascade file (.safetensors, e.g. made with 'fcnn-deblur train'), or reinstall napari-fcnn-deblur."
-    )
+def _missing_model(model: Path | str | None, noise_level: float | str) -> str | None:
+    """Why the shipped 2D model a job names cannot run (not installed), for people; None when it can.
+
+    ``model`` as in :class:`_Job` (None: the default rule, which falls back to the per-level cascades when
+    the noise-map cascade is missing: :func:`~napari_fcnn_deblur.io.models.select_model`); a file: None.
+    """
+    noisemap = model_io.noisemap_model_path().is_file()
+    per_level = model_io.available_models()
+    fix = (f"choose '{FROM_FILE}' and pick a cascade file (.safetensors, e.g. made with 'fcnn-deblur train'), "
+           "or reinstall napari-fcnn-deblur.")
+    if model is None and not noisemap and not per_level:
+        return (f"No trained model is installed (neither the noise-map cascade nor the per-level cascades). "
+                f"Under 'Model', {fix}")
+    if model == NOISEMAP and not noisemap:
+        other = f"'{PER_LEVEL}', or " if per_level else ""
+        return f"The noise-map cascade is not installed. Under 'Model', choose {other}{fix}"
+    if model == PER_LEVEL:
+        if noise_level == AUTO:
+            if per_level:
+                return None
+            what = "No per-level cascade is installed"
+        else:
+            level = model_io.nearest_trained_level(float(noise_level))
+            if level in per_level:
+                return None
+            what = f"No per-level cascade is installed for {level * 100:g} % noise (the trained level nearest it)"
+        other = f"'{DEFAULT_MODEL}' or '{NOISEMAP}', or " if noisemap else ""
+        return f"{what}. Under 'Model', choose {other}{fix}"
+    return None
+
+
+def _noise_words(noise: NoiseLevel, estimated: bool) -> str:
+    """The noise of a run for the status line: ``estimated noise σ = 2.71 % (Gaussian)``, the Poisson–Gaussian
+    a and b (:meth:`NoiseLevel.describe`), or ``noise σ = 1 % (given)``."""
+    if noise.is_gaussian and estimated:
+        return f"estimated noise σ = {100 * noise.sigma:.2f} % (Gaussian)"
+    if noise.is_gaussian:
+        return f"noise σ = {100 * noise.sigma:.3g} % (given)"
+    return f"{'estimated ' if estimated else ''}noise: {noise.describe()}"
 
 
 def _no_volume_model_message() -> str:
@@ -265,13 +331,10 @@ def _steps(run: DeblurRun | VolumeRun, image: np.ndarray, job: _Job) -> Iterator
 
 
 def _ready_items(run: DeblurRun | VolumeRun, job: _Job, slab: tuple[int, int] | None = None) -> Iterator[Any]:
-    """What the GUI learns once the run is prepared: a volume's PSF grid and slab, the estimated noise."""
+    """What the GUI learns once the run is prepared: a volume's PSF grid and slab, the noise and the model."""
     if job.volume:
         yield _VolumeReady(tuple(run.options.kernel.shape), slab)
-    if job.noise_level == AUTO and job.volume:
-        yield _NoiseEstimated(run.noise.sigma, run.noise.describe())
-    elif job.noise_level == AUTO:
-        yield _NoiseEstimated(run.noise_level)
+    yield _Prepared(run.noise, run.model_description, job.noise_level == AUTO)
 
 
 def _slab(depth: int, kz: int, z: int) -> tuple[int, int]:
@@ -282,7 +345,7 @@ def _slab(depth: int, kz: int, z: int) -> tuple[int, int]:
     return z0, z0 + n
 
 
-def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady | Progress]:
+def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _Prepared | _VolumeReady | Progress]:
     """Run the engine on ``job``: progress items and one item per finished stage (quit() stops between them).
 
     The run is prepared on the whole layer, so the intensity map and the noise
@@ -320,7 +383,7 @@ def _deblur_items(job: _Job) -> Iterator[_StageDone | _Failed | _NoiseEstimated 
         return
 
 
-def _volume_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady
+def _volume_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _Prepared | _VolumeReady
                                                                | Progress]:
     """One volume through the volume cascade: the whole layer, or (preview) the z-slab around the plane on screen."""
     index = job.plane_index
@@ -376,7 +439,7 @@ def _gradients(res: StageResult) -> tuple[np.ndarray | None, ...]:
     return res.grad_x, res.grad_y, res.grad_z
 
 
-def _stack_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _NoiseEstimated | _VolumeReady
+def _stack_items(job: _Job, kernel: np.ndarray) -> Iterator[_StageDone | _Failed | _Prepared | _VolumeReady
                                                              | Progress]:
     """A whole-layer run of a stack (of planes, or of volumes), chunk after chunk, with bounded memory.
 
@@ -685,7 +748,8 @@ class _RunState:
     aborted: bool = False
     layers: dict[str, Image] = field(default_factory=dict)
     final: Image | None = None  # image layer of the highest stage so far
-    noise_text: str = ""  # "estimated noise 2.7 % → 3 % model" once the worker has estimated it
+    noise_text: str = ""  # "estimated noise σ = 2.71 % (Gaussian)", once the worker has prepared the run
+    model_text: str = ""  # the engine's words for the model it chose, and why (run.model_description)
     planes_done: int = 0  # work done (plane-steps, as in Progress), for the cancel message of stack runs
     slab: tuple[int, int] | None = None  # a volume preview: the planes z0:z1 it deconvolved
     kernel_shape: tuple[int, ...] = ()  # a volume run: its PSF on the image's grid
@@ -736,13 +800,15 @@ class DeblurWidget(Container):
             CONFOCAL_3D: (self.psf_na, self.psf_excitation, self.psf_wavelength, self.psf_index, self.psf_pinhole,
                           self.psf_pixel_size, self.psf_z_step),
         }
-        levels = [(f"{lv * 100:g} %", lv) for lv in model_io.TRAINED_NOISE_LEVELS] + [(ESTIMATE, AUTO)]
-        self.noise_level = ComboBox(label="Noise level", choices=levels, value=levels[0][1])
+        self.noise_mode = ComboBox(label="Noise", choices=NOISE_CHOICES, value=AUTO)
+        lo, hi = NOISE_PERCENT_RANGE
+        self.noise_percent = FloatSpinBox(label="Noise s.d. (%)", min=lo, max=hi, step=NOISE_PERCENT_STEP,
+                                          value=NOISE_PERCENT_DEFAULT)
         self.iterations = SpinBox(label="Iterations", min=1, max=DEFAULT_STAGES, value=DEFAULT_STAGES)
         self.device = ComboBox(label="Device", choices=["auto", *available_devices()], value="auto")
         self.precision = ComboBox(label="Precision", choices=["auto", *PRECISIONS], value="auto")
         self.show_gradients = CheckBox(text="show gradients", value=False)
-        self.model_source = ComboBox(label="Model", choices=[SHIPPED, FROM_FILE], value=SHIPPED)
+        self.model_source = ComboBox(label="Model", choices=MODEL_CHOICES, value=DEFAULT_MODEL)
         self.model_file = FileEdit(label="Model file", mode="r", filter="*.safetensors")
         self.scope = RadioButtons(label="Deblur", choices=[CURRENT_PLANE, WHOLE_LAYER], value=CURRENT_PLANE)
         self.run_button = PushButton(text="Run")
@@ -768,7 +834,8 @@ class DeblurWidget(Container):
                 self.psf_pixel_size,
                 self.psf_z_step,
                 self.add_kernel_button,
-                self.noise_level,
+                self.noise_mode,
+                self.noise_percent,
                 self.iterations,
                 self.device,
                 self.precision,
@@ -787,7 +854,9 @@ class DeblurWidget(Container):
         self._scratch = _ScratchFolder()  # on-disk layers of whole-layer stack runs
         self.activity: napari_progress | None = None  # the run's entry in napari's activity dock
         self._volume_shown = False  # the options describe a volumetric run (3D PSF): see _update_mode
-        self._noise_before_volume: float | str | None = None  # the noise choice volumes replaced by "auto"
+        self._noise_before_volume: str | None = None  # the noise choice (NUMBER) volumes replaced by AUTO
+        if hasattr(self.status.native, "setWordWrap"):  # long words (noise, model) wrap instead of widening the dock
+            self.status.native.setWordWrap(True)
         self.image_layer.tooltip = "The image to sharpen. It is never modified: results go to new layers."
         self.kernel_layer.tooltip = (
             f"The blur of a single point (PSF or motion kernel): a small 2D greyscale layer (at most "
@@ -816,9 +885,27 @@ class DeblurWidget(Container):
             "Where the kernel comes from: a layer of the viewer, or a model PSF computed from a few parameters."
         )
         self.add_kernel_button.tooltip = "Add the generated kernel as an image layer (to look at it, or to pick it)."
-        self.noise_level.tooltip = (
-            "Noise in the blurry image, as a fraction of its intensity range. Picks the model. "
-            f"'{ESTIMATE}' measures it when you press Run."
+        self.noise_mode.tooltip = (
+            "How noisy the blurry image is.\n"
+            "• auto (default): measured from the image when you press Run, once for the whole layer: one σ for "
+            "even (Gaussian) noise, or σ²(x) = a·x + b for photon (camera) noise. The status line shows the "
+            "estimate, and the result layers' metadata keeps it.\n"
+            "• a number: you give the noise s.d. in % of the image's intensity range (below)."
+        )
+        self.noise_percent.tooltip = (
+            "Noise s.d. in % of the intensity range the run maps to [0, 1] (8-bit images: 0–255, so 1 % is about "
+            "2.5 grey levels; float images in 0–1: that range; others: their 0.05th to 99.95th percentile). The "
+            "same σ is assumed everywhere. Too low leaves grain or ripples, too high smooths fine detail."
+        )
+        self.model_source.tooltip = (
+            "Which trained cascade deblurs.\n"
+            "• default: the noise-map cascade (one model for any noise level and for photon noise), or the "
+            "per-level cascade where the table measured for the noise-map model says it does better at this "
+            "Gaussian noise level. The status line says which one ran and why.\n"
+            "• noise-map cascade: always the noise-map cascade.\n"
+            f"• per-level: the paper's cascade trained at {_LEVELS} % noise nearest the noise level (advanced).\n"
+            "• model file: your own cascade (.safetensors, e.g. made with 'fcnn-deblur train').\n"
+            "With a 3D PSF, 'default' runs the volume cascade; noise-map and per-level deblur planes only."
         )
         self.iterations.tooltip = "Number of FCNN stages to run (each one adds a layer)."
         self.show_gradients.tooltip = (
@@ -830,7 +917,8 @@ class DeblurWidget(Container):
         )
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.noise_level.changed.connect(self._update_model_info)
+        self.noise_mode.changed.connect(self._update_noise)
+        self.noise_percent.changed.connect(self._update_model_info)
         self.model_source.changed.connect(self._update_model_info)
         self.model_file.changed.connect(self._update_model_info)
         self.image_layer.changed.connect(self._update_scope)
@@ -844,7 +932,7 @@ class DeblurWidget(Container):
         self.viewer.layers.events.removed.connect(self._sweep_scratch)  # a removed on-disk layer's file goes
         self.native.destroyed.connect(self._scratch.close)
         self.reset_choices()
-        self._update_model_info()
+        self._update_noise()
         self._update_scope()
         self._update_kernel_source()
         self._update_mode()
@@ -922,12 +1010,12 @@ class DeblurWidget(Container):
             self.layout_info.value = words if volume or len(shape) == nd else f"2D kernel: {words}"
         if volume != self._volume_shown:
             self._volume_shown = volume
-            if volume and self.noise_level.value != AUTO:  # camera z-stacks: photon noise, estimated
-                self._noise_before_volume = self.noise_level.value
-                self.noise_level.value = AUTO
+            if volume and self.noise_mode.value != AUTO:  # camera z-stacks: photon noise, estimated
+                self._noise_before_volume = self.noise_mode.value
+                self.noise_mode.value = AUTO
             elif not volume:
-                if self._noise_before_volume is not None and self.noise_level.value == AUTO:
-                    self.noise_level.value = self._noise_before_volume
+                if self._noise_before_volume is not None and self.noise_mode.value == AUTO:
+                    self.noise_mode.value = self._noise_before_volume  # the number in the spin box is as it was
                 self._noise_before_volume = None
             self._update_model_info()
 
@@ -998,17 +1086,50 @@ class DeblurWidget(Container):
             extra = {"scale": self._generated_3d()[2], "units": ("µm",) * 3}
         return self.viewer.add_image(k, name=name, colormap="inferno", **extra)
 
+    def noise_choice(self) -> float | str:
+        """The noise the run gets: AUTO (estimated by the engine), or the spin box's % as an s.d. on [0, 1]."""
+        if self.noise_mode.value == AUTO:
+            return AUTO
+        return float(self.noise_percent.value) / 100
+
+    def _update_noise(self, *_: Any) -> None:
+        self.noise_percent.visible = self.noise_mode.value == NUMBER
+        self._update_model_info()
+
     def _model_path(self) -> Path | None:
-        """The cascade file the current options point to (None: no file chosen)."""
-        if self.model_source.value == FROM_FILE:
+        """The cascade file the current options point to, for its stage count (None: no file chosen, or a 2D
+        model name with a 3D PSF).  The default's file (noise-map or per-level) is decided by the engine when the
+        run is prepared; the noise-map cascade's stands for it here."""
+        choice = self.model_source.value
+        if choice == FROM_FILE:
             value = self.model_file.value
             return Path(value) if value is not None and str(value) not in ("", ".") else None
         if self._volumetric():
-            return model_io.volume_model_path()
-        level = self.noise_level.value
-        return model_io.shipped_model_path(
-            model_io.TRAINED_NOISE_LEVELS[0] if level == AUTO else model_io.nearest_trained_level(level)
-        )
+            return model_io.volume_model_path() if choice == DEFAULT_MODEL else None
+        noisemap = model_io.noisemap_model_path()
+        if choice == NOISEMAP or (choice == DEFAULT_MODEL and noisemap.is_file()):
+            return noisemap
+        noise = self.noise_choice()
+        if noise == AUTO:  # any installed per-level cascade (they all have the paper's 3 stages)
+            return next(iter(model_io.available_models().values()), None)
+        return model_io.shipped_model_path(model_io.nearest_trained_level(noise))
+
+    def _model_problem(self) -> str | None:
+        """What keeps the current model choice from running (a short line for the status), or None."""
+        choice, volume = self.model_source.value, self._volumetric()
+        if choice == FROM_FILE:
+            path = self._model_path()
+            if path is not None and _stage_count(path) is None:
+                return "That file is not a napari-fcnn-deblur model."
+            return None
+        if volume and choice in MODELS_2D:
+            return (f"'{MODEL_LABELS[choice]}' deblurs 2D planes only: a 3D PSF runs the volume cascade "
+                    f"('{DEFAULT_MODEL}') or a volume cascade file.")
+        if volume:
+            return None if model_io.volume_model_path().is_file() else (
+                "The volume cascade is not installed: choose a model file.")
+        missing = _missing_model(None if choice == DEFAULT_MODEL else choice, self.noise_choice())
+        return missing.split(". Under")[0] + ": choose another model or a model file." if missing else None
 
     def _update_model_info(self, *_: Any) -> None:
         self.model_file.visible = self.model_source.value == FROM_FILE
@@ -1020,18 +1141,7 @@ class DeblurWidget(Container):
             self.iterations.value = n
         if self.running:
             return
-        if self.model_source.value == SHIPPED and self._volumetric():
-            self.status.value = "" if n is not None else "The volume cascade is not installed: choose a model file."
-        elif self.model_source.value == SHIPPED and self.noise_level.value == AUTO:
-            self.status.value = "" if model_io.available_models() else "No trained model installed: choose a model file."
-        elif self.model_source.value == SHIPPED and n is None:
-            self.status.value = (
-                f"No trained model installed for {self.noise_level.value * 100:g} % noise: choose a model file."
-            )
-        elif self.model_source.value == FROM_FILE and path is not None and n is None:
-            self.status.value = "That file is not a napari-fcnn-deblur model."
-        else:
-            self.status.value = ""
+        self.status.value = self._model_problem() or ""
 
     def _update_scope(self, *_: Any) -> None:
         layer = self.image_layer.value
@@ -1104,7 +1214,7 @@ class DeblurWidget(Container):
             source_name=image.name,
             data=data,
             rgb=bool(image.rgb),
-            noise_level=AUTO if self.noise_level.value == AUTO else float(self.noise_level.value),
+            noise_level=self.noise_choice(),
             iterations=int(min(self.iterations.value, self.iterations.max)),
             device=str(self.device.value),
             model=model,
@@ -1227,12 +1337,15 @@ class DeblurWidget(Container):
         return {"kernel": np.asarray(k, np.float32), "kernel_name": name, "kernel_note": kernel_note,
                 "spacing": spacing, "psf_spacing": psf_spacing, "grid_note": grid_note}
 
-    def _job_model(self, volume: bool) -> Path | None | bool:
-        """The model file of the run (None: the shipped one), or False after a notification."""
-        if self.model_source.value == FROM_FILE:
+    def _job_model(self, volume: bool) -> Path | str | None | bool:
+        """The run's ``model=``: None (the default rule; volumes: the volume cascade), NOISEMAP, PER_LEVEL or a
+        file; False after a notification."""
+        choice = self.model_source.value
+        if choice == FROM_FILE:
             model = self._model_path()
             if model is None or not model.is_file():
-                show_error("Choose a model file (.safetensors) under 'Model file', or switch 'Model' to shipped.")
+                show_error(f"Choose a model file (.safetensors) under 'Model file', or switch 'Model' to "
+                           f"'{DEFAULT_MODEL}'.")
                 return False
             if _stage_count(model) is None:
                 show_error(f"'{model.name}' is not a napari-fcnn-deblur model file (a cascade saved as .safetensors).")
@@ -1240,24 +1353,31 @@ class DeblurWidget(Container):
             if _is_volume_model(model) != volume:
                 show_error(
                     f"'{model.name}' is a volume cascade, for 3D PSFs; a 2D kernel needs a 2D cascade: switch "
-                    "'Model' to shipped, or pick a 2D cascade file." if not volume else
-                    f"'{model.name}' is a 2D cascade; a 3D PSF needs a volume cascade: switch 'Model' to shipped "
-                    "(the volume cascade), or pick a volume cascade file."
+                    f"'Model' to '{DEFAULT_MODEL}', or pick a 2D cascade file." if not volume else
+                    f"'{model.name}' is a 2D cascade; a 3D PSF needs a volume cascade: switch 'Model' to "
+                    f"'{DEFAULT_MODEL}' (the volume cascade), or pick a volume cascade file."
                 )
                 return False
             return model
         if volume:
+            if choice in MODELS_2D:
+                show_error(
+                    f"The model '{MODEL_LABELS[choice]}' deblurs 2D planes only; a 3D PSF is deconvolved by the "
+                    "volume cascade. "
+                    f"Under 'Model', choose '{DEFAULT_MODEL}' (the volume cascade) or a volume cascade file, or pick "
+                    "a 2D kernel to deblur the stack plane by plane."
+                )
+                return False
             if not model_io.volume_model_path().is_file():
                 show_error(_no_volume_model_message())
                 return False
-        elif self.noise_level.value == AUTO:
-            if not model_io.available_models():
-                show_error(_no_model_message(model_io.TRAINED_NOISE_LEVELS[0]))
-                return False
-        elif not self._model_path().is_file():
-            show_error(_no_model_message(self.noise_level.value))
+            return None
+        model = None if choice == DEFAULT_MODEL else choice
+        missing = _missing_model(model, self.noise_choice())
+        if missing is not None:
+            show_error(missing)
             return False
-        return None
+        return model
 
     def _current_index(self, layer: Image, lead: tuple[int, ...]) -> tuple[int, ...]:
         """Index of the plane on screen (viewer.dims' world position mapped into the layer's data)."""
@@ -1356,7 +1476,7 @@ class DeblurWidget(Container):
 
     # ------------------------------------------------------------------ results (GUI thread)
 
-    def _on_yielded(self, item: _StageDone | _Failed | _NoiseEstimated | _VolumeReady | Progress) -> None:
+    def _on_yielded(self, item: _StageDone | _Failed | _Prepared | _VolumeReady | Progress) -> None:
         run = self._run
         if run is None:
             return
@@ -1369,9 +1489,9 @@ class DeblurWidget(Container):
         if isinstance(item, _VolumeReady):
             self._volume_ready(run, item)
             return
-        if isinstance(item, _NoiseEstimated):
-            run.noise_text = self._noise_text(item.value, run.job, item.text)
-            self.status.value = f"Deblurring '{run.job.source_name}' ({run.noise_text})…"
+        if isinstance(item, _Prepared):
+            run.noise_text, run.model_text = _noise_words(item.noise, item.estimated), item.model
+            self.status.value = f"Deblurring '{run.job.source_name}' ({self._run_words(run)})…"
             return
         if isinstance(item, _Failed):
             run.failed = True
@@ -1381,8 +1501,8 @@ class DeblurWidget(Container):
         self._show_stage(run, item)
         run.stages_done += 1
         res = item.result
-        noise = f" ({run.noise_text})" if run.noise_text else ""
-        self.status.value = f"Deblurring '{run.job.source_name}'{noise}: stage {res.stage}/{res.iterations} done"
+        said = f" ({self._run_words(run)})" if run.noise_text else ""
+        self.status.value = f"Deblurring '{run.job.source_name}'{said}: stage {res.stage}/{res.iterations} done"
 
 
     def _volume_ready(self, run: _RunState, item: _VolumeReady) -> None:
@@ -1403,12 +1523,9 @@ class DeblurWidget(Container):
             show_info(f"3D PSF '{job.kernel_name}' {job.grid_note}{shapes}.")
 
     @staticmethod
-    def _noise_text(value: float, job: _Job, text: str = "") -> str:
-        if job.volume:
-            return f"estimated noise: {text or f'{value * 100:.1f} %'}, volume cascade"
-        if job.model is not None:
-            return f"estimated noise {value * 100:.1f} %, model file"
-        return f"estimated noise {value * 100:.1f} % → {model_io.nearest_trained_level(value) * 100:g} % model"
+    def _run_words(run: _RunState) -> str:
+        """The noise and the model of a prepared run, for the status line."""
+        return f"{run.noise_text}; model: {run.model_text}" if run.model_text else run.noise_text
 
     def _show_stage(self, run: _RunState, item: _StageDone) -> None:
         res, job = item.result, run.job
@@ -1466,10 +1583,12 @@ class DeblurWidget(Container):
             "plane": job.plane_index if job.preview else None,
             "iterations": res.iterations,
             "noise_level": res.noise_level if np.isfinite(res.noise_level) else job.noise_level,
+            "noise": res.noise.describe() if res.noise is not None else "",
             "noise_estimated": job.noise_level == AUTO,
             "kernel": job.kernel_name,
             "gamma": res.gamma,
-            "model": str(job.model) if job.model else "shipped",
+            "model": res.model or run.model_text,  # which model ran and why, in the engine's words
+            "model_choice": str(job.model) if job.model is not None else DEFAULT_MODEL,
             "kernel_preparation": job.kernel_note or "used as it is",
             "on_disk": isinstance(data, np.memmap),
             "volumetric": job.volume,
@@ -1478,7 +1597,6 @@ class DeblurWidget(Container):
             info["kernel_shape"] = run.kernel_shape  # the PSF on the image's voxel grid
             info["kernel_grid"] = job.grid_note or "used on the image's voxel grid"
             info["slab"] = run.slab  # a preview: the planes z0:z1 it deconvolved
-            info["noise"] = res.noise.describe() if res.noise is not None else ""
         existing = next((lyr for lyr in self._own_layers(job.source_name, job.preview) if lyr.name == name), None)
         if existing is not None and existing.rgb == rgb and existing.data.ndim == data.ndim:
             existing.data = data
@@ -1553,7 +1671,7 @@ class DeblurWidget(Container):
         self._sweep_scratch()  # files of layers this run updated
         if run.final is not None and run.final in self.viewer.layers:
             self.viewer.layers.selection.active = run.final
-            noise = f" ({run.noise_text})" if run.noise_text else ""
+            noise = f" ({self._run_words(run)})" if run.noise_text else ""
             kernel = f" PSF: {run.job.kernel_note}." if run.job.kernel_note else ""
             if run.job.grid_note:
                 kernel += f" PSF {run.job.grid_note}."
