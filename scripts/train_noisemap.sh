@@ -4,6 +4,8 @@
 #   scripts/train_noisemap.sh /work/nm-runs/run1          # start or resume the 2-core CPU run (30,25,25 + 40 min)
 #   DEVICE=cuda scripts/train_noisemap.sh runs/nm-gpu gpu  # the same in one command on an H100/H200-class GPU
 #   scripts/train_noisemap.sh /tmp/nm-tiny cpu --tiny      # a few steps of every phase: checks the pipeline
+#   scripts/train_noisemap.sh /work/nm-runs/run4 cpu --refills 3  # train with boundary refills (kept in the model)
+#   scripts/train_noisemap.sh /work/nm-runs/run4 cpu --snapshot   # the fine-tuning checkpoint so far → validated model file
 # Arguments after the preset go to `fcnn-deblur train-noisemap` (e.g. --minutes-stage 30,25,25 --threads 2).
 # A folder resumes where it stopped (same data, optimiser state and step counts); SHARED defaults to ../shared.
 set -euo pipefail

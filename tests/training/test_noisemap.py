@@ -135,3 +135,31 @@ def test_warm_start_from_a_committed_file_skips_the_done_phases(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     with pytest.raises(ValueError, match="start_at"):
         train_noisemap(*args, tmp_path / "c", cfg, dev, models_dir=MODELS, init_from=start, start_at="stage9")
+
+
+@pytest.mark.skipif(not (DATA / "train" / "train400").is_dir(), reason="shared training data not present")
+def test_snapshot_of_an_interrupted_finetuning_is_a_validated_model(tmp_path):
+    from napari_fcnn_deblur.training.noisemap import snapshot
+
+    cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, val_size=32, stage_steps=1, finetune_steps=3,
+                  val_conditions=(("gauss", 0.03),), refills=1)
+    args = (DATA / "train" / "train400", DATA / "val" / "set12", DATA / "kernels" / "levin")
+    dev, logs = torch.device("cpu"), []
+    with pytest.raises(FileNotFoundError, match="fine-tuning checkpoint"):
+        snapshot(*args[1:], tmp_path, dev)
+    with pytest.raises(Interrupted):  # 3 stage steps, then 2 of the 3 fine-tuning steps
+        train_noisemap(*args, tmp_path, cfg, dev, log=logs.append, stop=StopControl(max_steps=5), models_dir=MODELS)
+    path = snapshot(*args[1:], tmp_path, dev, log=logs.append)
+    assert path.name == "snapshot_finetune_step2.safetensors"
+    snap = load_cascade(path)
+    state = torch.load(tmp_path / "finetune.pt", weights_only=True)["cascade"]
+    for key, value in snap.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    assert snap.refills == 1  # the run's settings come with the architecture
+    import json
+    record = json.loads((tmp_path / "val.json").read_text())
+    assert record["finetune_step2"]["steps"] == "2/3" and "gauss 3%" in record["finetune_step2"]["noisemap_per_stage"]
+    assert any("snapshot of fine-tuning step 2/3" in m for m in logs)
+    # the run resumes and finishes as if nothing happened
+    train_noisemap(*args, tmp_path, cfg, dev, log=logs.append, models_dir=MODELS)
+    assert (tmp_path / "noisemap_cascade.safetensors").is_file()

@@ -562,6 +562,50 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         logf.close()
 
 
+def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> Path:
+    """The fine-tuning phase's latest checkpoint as a model file, validated like a finished phase.
+
+    For a run cut off (or stopped) before its fine-tuning budget ends: writes
+    ``snapshot_finetune_step<k>.safetensors`` (the architecture and metadata of the folder's latest
+    ``after_*`` file, the checkpoint's weights and γ(σ)), validates it on the run's own validation set
+    (its ``config.json``), records it in ``val.json`` under ``finetune_step<k>`` and logs the table.
+    The run itself is untouched and resumes as before.
+    """
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "finetune.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no fine-tuning checkpoint in {out_dir} (expected {ckpt.name})")
+    bases = [b for b in sorted(out_dir.glob("after_*.safetensors"), key=lambda b: b.stat().st_mtime)
+             if b.stem != "after_finetune"]
+    if not bases:
+        raise FileNotFoundError(f"no after_<phase>.safetensors in {out_dir} to take the architecture from")
+    cascade = load_cascade(bases[-1]).to(device)
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    cascade.load_state_dict(state["cascade"])
+    name = f"finetune_step{int(state['step'])}"
+    path = save_cascade(cascade.eval(), out_dir / f"snapshot_{name}.safetensors")
+    cfg_path = out_dir / "config.json"
+    cfg = NMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(cfg_path.read_text()).items()})
+    cfg = replace(cfg, val_conditions=tuple(tuple(c) for c in cfg.val_conditions))
+    val = make_validation_set(load_image_folder(val_dir), load_kernel_folder(kernel_dir), cfg)
+    t = time.time()
+    res = validate_noisemap(cascade, val, device)
+    base = json.loads((out_dir / "val_baseline.json").read_text())
+    val_path = out_dir / "val.json"
+    record = json.loads(val_path.read_text()) if val_path.is_file() else {}
+    record[name] = {"noisemap_per_stage": res, "shipped": base, "steps": f"{int(state['step'])}/{int(state['steps'])}",
+                    "validation_seconds": round(time.time() - t, 1)}
+    tmp = val_path.with_name(val_path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, val_path)
+    msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
+           f"{path.name}; validation ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
+    with open(out_dir / "train.log", "a") as f:
+        f.write(msg + "\n")
+    log(msg)
+    return path
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -589,6 +633,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="warm start: a noise-map cascade file (e.g. a committed after_stage2.safetensors)")
     p.add_argument("--start-at", choices=PHASES, default=None, help="with --init-from: the first phase to train")
+    p.add_argument("--snapshot", action="store_true",
+                   help="do not train: write the fine-tuning checkpoint of --out as a model file and validate it")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after N steps
 
 
@@ -617,6 +663,9 @@ def run_from_args(args, device: torch.device) -> int:
     """Train (or resume) as the parsed flags say; 3 when stopped by a signal (the checkpoint is saved)."""
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny weights/activations must not fall onto the CPU's slow denormal path
+    if args.snapshot:
+        snapshot(args.val, args.val_kernels, args.out, device, log=lambda m: print(m, flush=True))
+        return 0
     cfg = config_from_args(args)
     stop = StopControl(args.max_steps)
 
