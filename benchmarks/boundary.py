@@ -19,6 +19,9 @@ Run::
 
     python benchmarks/boundary.py --val ../shared/data/val/set12 \\
         --kernel-dir ../shared/data/kernels/levin --doc docs/benchmarks.md
+
+``--volumes N`` measures the shipped volume cascade instead, on the volume training's validation
+phantoms (``N`` per PSF type and photon level), PSNR after every stage per refill count (printed only).
 """
 
 from __future__ import annotations
@@ -94,6 +97,27 @@ def markdown(rows: list[dict], info: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_volumes(n_volumes: int, refill_counts, log=print) -> dict:
+    """{refills: {condition: [PSNR of the input, stage 0 … n]}} of the shipped volume cascade."""
+    from dataclasses import replace
+
+    from napari_fcnn_deblur.core.cascade import REFILLS_KEY
+    from napari_fcnn_deblur.io.models import load_cascade, volume_model_path
+    from napari_fcnn_deblur.training.volumetric import VolConfig, validate, validation_set
+
+    val = validation_set(replace(VolConfig(), val_volumes=n_volumes))
+    cascade = load_cascade(volume_model_path()).eval()
+    out = {}
+    for r in refill_counts:
+        cascade.metadata[REFILLS_KEY] = str(r)
+        t0 = time.time()
+        out[r] = validate(cascade, val, "cpu")
+        log(f"refills {r} ({time.time() - t0:.0f} s)")
+        for name, row in out[r].items():
+            log(f"  {name:18s} " + " ".join(f"{v:6.2f}" for v in row))
+    return out
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -111,8 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "boundary.json")
     p.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file")
+    p.add_argument("--volumes", type=int, default=0, help="measure the volume cascade on N phantoms per condition")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.volumes:
+        measure_volumes(args.volumes, range(args.refills + 1))
+        return 0
     model = args.model or model_io.noisemap_model_path()
     models = {"noise-map": model_io.load_cascade(model).eval()}
     for lv in model_io.TRAINED_NOISE_LEVELS:
