@@ -61,7 +61,7 @@ def psfs() -> dict[str, np.ndarray]:
     }
 
 
-def phantom(i: int) -> np.ndarray:
+def phantom(i: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
     from napari_fcnn_deblur.data.phantoms import (
         BENCHMARK_SEED_START,
         HELD_OUT_STRUCTURES,
@@ -69,18 +69,19 @@ def phantom(i: int) -> np.ndarray:
         phantom_3d,
     )
 
-    big = tuple(s + b - 1 for s, b in zip(SHAPE, BOX))
+    big = tuple(s + b - 1 for s, b in zip(shape, BOX))
     seed = BENCHMARK_SEED_START + 10 * i
     other = TRAINING_STRUCTURES[i % len(TRAINING_STRUCTURES)]
     vol = 0.02 + phantom_3d(big, HELD_OUT_STRUCTURES[0], 0.5, 0.9, seed) + phantom_3d(big, other, 0.5, 0.8, seed + 1)
     return (vol / vol.max()).astype(np.float32)
 
 
-def case(i: int, kind: str, photons: float, psf: np.ndarray):
+def case(i: int, kind: str, photons: float, psf: np.ndarray, shape: tuple[int, int, int] = SHAPE):
+    """(uint16 camera stack of ``shape``, the phantom voxel for voxel) of benchmark volume ``i``."""
     from napari_fcnn_deblur.data.phantoms import blur_volume
 
     rng = np.random.default_rng([i, int(photons), kind == "confocal"])
-    return blur_volume(phantom(i), psf, photons, READ, OFFSET, rng, mode="valid", uint16=True)
+    return blur_volume(phantom(i, shape), psf, photons, READ, OFFSET, rng, mode="valid", uint16=True)
 
 
 def scores(est_units: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:

@@ -46,6 +46,17 @@ def test_dask_runs_one_task_per_volume(case):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_dask_volumes_too_large_for_one_tile_stay_one_task_with_networks_in_tiles(case):
+    da = pytest.importorskip("dask.array")
+    y, psf, _, vc = case
+    stack = np.stack([y, y[:, ::-1]])
+    lazy = deblur(da.from_array(stack, chunks=(1, 11, 20, 20)), psf, 0.01, model=vc, device="cpu", iterations=1,
+                  tile_size=32)
+    assert lazy.numblocks == (2, 1, 1, 1)
+    np.testing.assert_allclose(lazy.compute(), deblur(stack, psf, 0.01, model=vc, device="cpu", iterations=1),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_spacing_resamples_the_psf(case):
     y, psf, _, vc = case
     fine = widefield_psf_3d((13, 21, 21), (0.15, 0.05, 0.05), 1.2, 0.52, 1.333)

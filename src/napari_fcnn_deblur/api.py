@@ -105,7 +105,8 @@ def deblur(
         Side (pixels) of the tiles the networks run in for planes larger
         than one tile (see :mod:`.engine.tiles`; same result up to float round-off);
         None = chosen from the free memory of ``device``.  Planes smaller
-        than a tile run whole, as one batch.
+        than a tile run whole, as one batch.  Volumes: the side of the z-whole
+        X/Y tiles, and √ of the most pixels per network call (:mod:`.engine.volume`).
     intensity_range : (low, high) or None
         Intensities (in the image's units) mapped to 0 and 1 for the
         networks; None applies the automatic rule of :mod:`.engine.intensity`.
@@ -132,7 +133,8 @@ def deblur(
     -------
     float32 array, same shape as ``image``, in the input's intensity units.
     A dask array in gives a lazy dask array out (one task per plane, see
-    :mod:`.engine.lazy`).
+    :mod:`.engine.lazy`; with a 3D PSF one task per volume, its networks in
+    memory-bounded tiles).
 
     Raises
     ------
@@ -166,8 +168,8 @@ def deblur(
         return np.stack(outs, axis=axis)
     if is_volume_kernel(kernel):
         vrun = VolumeRun.prepare(image, kernel, noise_level, iterations, device, model, intensity_range, precision,
-                                 spacing, psf_spacing)
-        if is_dask(image):  # one task per volume
+                                 spacing, psf_spacing, tile_size)
+        if is_dask(image):  # one task per volume, its networks in memory-bounded tiles
             lead = len(image.shape) - 3
             whole = image.rechunk({lead: -1, lead + 1: -1, lead + 2: -1})
             return whole.map_blocks(lambda b: vrun.deblur(b), dtype="float32")

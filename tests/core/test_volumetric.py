@@ -11,6 +11,7 @@ from napari_fcnn_deblur.core.denoiser import (
     GradientDenoiser,
     apply_network,
     denoise_gradients,
+    direction_network,
     direction_networks,
 )
 from napari_fcnn_deblur.core.volumetric import VolumeCascade
@@ -40,6 +41,22 @@ def test_volume_gradients_run_on_xy_planes_and_yz_slices():
     torch.testing.assert_close(zz, ez, rtol=1e-5, atol=1e-6)
     assert direction_networks(pair, 3) == [pair.lateral, pair.lateral, pair.axial]
     assert direction_networks(pair.lateral, 2) == [pair.lateral, pair.lateral]
+
+
+def test_a_direction_alone_runs_through_its_own_network_and_view():
+    """``directions=`` runs a gradient as the direction it is (the z gradients of a block alone), with its
+    condition map turned the same way: as in the full call."""
+    pair = AxialPair(4, 2).eval()
+    pair.lateral.load_state_dict(_net(1, cin=2).state_dict())
+    pair.axial.load_state_dict(_net(2, cin=2).state_dict())
+    g, m = [torch.randn(1, 5, 9, 11) for _ in range(3)], torch.rand(1, 5, 9, 11)
+    with torch.no_grad():
+        full = denoise_gradients(pair, g, channels_last=False, conditions=[m])
+        (zz,) = denoise_gradients(pair, [g[2]], channels_last=False, conditions=[m], directions=(2,))
+        (zy,) = denoise_gradients(pair, [g[1]], channels_last=False, conditions=[m], directions=(1,))
+    torch.testing.assert_close(zz, full[2])
+    torch.testing.assert_close(zy, full[1])
+    assert direction_network(pair, 2) is pair.axial and direction_network(pair.lateral, 2) is pair.lateral
 
 
 def test_large_plane_batches_run_in_chunks_with_the_same_result(monkeypatch):

@@ -27,3 +27,23 @@ def test_uint16_robust_range_and_round_trip():
 def test_constant_image_does_not_divide_by_zero():
     s = intensity_scaling(np.full((8, 8), 7.0))
     assert np.all(np.isfinite(s.forward(np.full((8, 8), 7.0))))
+
+
+def test_forward_and_inverse_are_the_float32_maps_made_in_one_array():
+    """(x − offset) / scale and x · scale + offset computed in float32, bit for bit as the plain expressions,
+    for any input dtype and layout; the input is never written to."""
+    from napari_fcnn_deblur.engine.intensity import IntensityScaling
+
+    sc = IntensityScaling(101.5, 3971.25)
+    rng = np.random.default_rng(0)
+    inputs = (rng.integers(0, 65535, (3, 17, 19)).astype(np.uint16), rng.normal(500, 300, (5, 7)),
+              rng.integers(-5, 10**6, (9,)).astype(np.int64), rng.random((6, 4), dtype=np.float32).T)
+    for a in inputs:
+        kept = a.copy()
+        expected = ((np.asarray(a, np.float32) - np.float32(sc.offset)) / np.float32(sc.scale)).astype(np.float32)
+        got = sc.forward(a)
+        assert got.dtype == np.float32 and got.shape == a.shape
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(a, kept)
+        back = (expected * np.float32(sc.scale) + np.float32(sc.offset)).astype(np.float32)
+        np.testing.assert_array_equal(sc.inverse(expected), back)

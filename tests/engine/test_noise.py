@@ -100,3 +100,17 @@ def test_noise_map_arrays_are_validated():
         noise_map_level(np.full((40, 50), -0.01), layout)
     with pytest.raises(ValueError, match="NaN"):
         noise_map_level(np.full((40, 50), np.nan), layout)
+
+
+def test_poisson_gaussian_sd_runs_in_chunks_of_planes_with_the_same_values(monkeypatch):
+    from scipy.ndimage import uniform_filter
+
+    from napari_fcnn_deblur.engine import noise
+
+    level = noise.NoiseLevel("poisson-gaussian", 0.03, 0.002, 1e-4)
+    planes = np.random.default_rng(1).random((6, 20, 24), dtype=np.float32)
+    expected = level.sd_at(uniform_filter(planes, size=(1, 5, 5), mode="reflect")).astype(np.float32)
+    np.testing.assert_array_equal(level.sd_planes(planes), expected)
+    monkeypatch.setattr(noise, "SD_CHUNK_PIXELS", 2 * 20 * 24)  # two planes at a time
+    np.testing.assert_array_equal(level.sd_planes(planes), expected)
+    np.testing.assert_array_equal(level.sd_planes(planes, slice(2, 5)), expected[2:5])

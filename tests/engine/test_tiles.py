@@ -119,3 +119,46 @@ def test_boundary_refills_of_the_model_run_in_the_engine_tiled_or_not(big_case):
     tiled = deblur(blurry, k, model=refilled, device="cpu", tile_size=100)
     assert np.abs(tiled - whole).max() < 1e-4
     assert psnr(whole, gt) > psnr(base, gt)
+
+
+@pytest.mark.parametrize("tile", [30, 41, 4096])
+def test_volume_networks_in_z_whole_tiles_match_the_whole_grid(tile, monkeypatch):
+    """Volumes: the lateral network on slabs of XY planes and the axial one on YZ slices of the cores, tile by
+    tile with the halo, give the whole-grid result; no network call sees more than tile² pixels (or one plane)."""
+    from napari_fcnn_deblur.core import denoiser
+    from napari_fcnn_deblur.core.conditioned import NoiseMapGrid, network_condition
+
+    torch.manual_seed(0)
+    pair = denoiser.AxialPair(4, 2).eval()  # random weights: every input pixel matters
+    x, m = torch.rand(2, 9, 45, 52), 0.05 * torch.rand(2, 9, 45, 52)
+    calls = []
+    original = denoiser.apply_network
+    monkeypatch.setattr(denoiser, "apply_network", lambda net, t, *a: calls.append(tuple(t.shape)) or original(net, t, *a))
+    with torch.no_grad():
+        whole = NoiseMapGrid(m, channels_last=False)(pair, x, 3)
+        calls.clear()
+        tiled = tiling.TiledNetworks(tile, torch.device("cpu"), False, None, (m,), network_condition)(pair, x, 3)
+    for a, b in zip(tiled, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    limit = tiling.TiledNetworks(tile, torch.device("cpu")).call_pixels
+    assert tiling.MIN_CALL_PIXELS <= limit <= max(tile * tile, tiling.MIN_CALL_PIXELS)
+    assert all(n * h * w <= 2 * max(limit, h * w) for n, _, h, w in calls)  # x and y run in one call
+    if tile < 45:
+        assert max(h for _, _, h, _ in calls) <= tile and len(calls) > 4
+
+
+def test_2d_tiles_are_unchanged_by_the_volume_path():
+    """Planes are volumes of one z plane without a z gradient: the plane path is the one it always was."""
+    from napari_fcnn_deblur.core.conditioned import network_condition
+    from napari_fcnn_deblur.core.denoiser import GradientDenoiser, denoise_gradients
+    from napari_fcnn_deblur.core.spectral import image_gradients
+
+    torch.manual_seed(1)
+    net = GradientDenoiser(4, 2).eval()
+    x, m = torch.rand(2, 50, 61), 0.05 * torch.rand(2, 50, 61)
+    with torch.no_grad():
+        whole = denoise_gradients(net, image_gradients(x), False, conditions=[network_condition(m)])
+        tiled = tiling.TiledNetworks(32, torch.device("cpu"), False, None, (m,), network_condition)(net, x, 2)
+    assert [tuple(t.shape) for t in tiled] == [(2, 50, 61)] * 2
+    for a, b in zip(tiled, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)

@@ -99,3 +99,60 @@ def test_a_2d_cascade_is_refused_for_a_volume(camera_stack):
     data, psf, _ = camera_stack
     with pytest.raises(ValueError, match="needs a volume cascade"):
         VolumeRun.prepare(data, psf, 0.01, model=soft_threshold_cascade())
+
+
+def _random_volume_cascade():
+    from napari_fcnn_deblur.core.volumetric import VolumeCascade
+
+    torch.manual_seed(4)
+    return VolumeCascade(2, width=4).eval()  # random networks: every voxel of a tile's halo matters
+
+
+@pytest.mark.parametrize("which", ["soft", "random"])
+def test_networks_in_small_tiles_give_the_untiled_result(soft_volume_cascade, camera_stack, which, monkeypatch):
+    """z-whole X/Y tiles of 30 px (16 px cores, 4 × 4 windows) with the deconvolutions global: the core
+    cascade's whole-grid result to float32 round-off."""
+    from napari_fcnn_deblur.engine import tiles as tiling
+
+    data, psf, _ = camera_stack
+    y = ((data.astype(np.float32) - 100) / 300).astype(np.float32)  # on [0, 1]: the intensity map is the identity
+    cascade = soft_volume_cascade if which == "soft" else _random_volume_cascade()
+    run = VolumeRun.prepare(y, psf, "auto", model=cascade, device="cpu", tile_size=30)
+    assert run.options.scaling.scale == 1 and run.options.scaling.offset == 0
+    calls = []
+    original = tiling.TiledNetworks.__call__
+    monkeypatch.setattr(tiling.TiledNetworks, "__call__", lambda self, *a: calls.append(self.tile_size) or original(self, *a))
+    tiled = run.deblur(y)
+    assert calls == [30] * cascade.n_stages
+    sd = torch.from_numpy(run.noise.sd_planes(y))[None]
+    with torch.no_grad():
+        whole = list(cascade.run(torch.from_numpy(y)[None], torch.from_numpy(run.options.kernel), sd))[-1].image[0]
+    err = np.abs(tiled - whole.numpy()).max()
+    assert err < 1e-5 * max(1.0, float(np.abs(tiled).max())), err
+
+
+def test_tile_size_is_an_option_or_follows_the_free_memory(soft_volume_cascade, camera_stack, monkeypatch):
+    from napari_fcnn_deblur.engine import tiles as tiling
+
+    data, psf, _ = camera_stack
+    assert VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, tile_size=64).tile_size(data.shape) == 64
+    run = VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, device="cpu")
+    monkeypatch.setattr(tiling, "available_memory", lambda dev: 64 << 30)
+    assert run.tile_size(data.shape) == tiling.MAX_TILE_SIZE["cpu"]
+    monkeypatch.setattr(tiling, "available_memory", lambda dev: 256 << 20)
+    small = run.tile_size((64, 1024, 1024))  # the volume's global arrays come out of the same budget
+    assert small == tiling.MIN_TILE_SIZE and run.tile_size(data.shape) > small
+    for bad in (5, 2.5, "big", True):
+        with pytest.raises(ValueError, match="tile_size"):
+            VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, tile_size=bad)
+
+
+def test_deblur_makes_only_the_last_stage_and_equals_it(soft_volume_cascade, camera_stack):
+    data, psf, _ = camera_stack
+    run = VolumeRun.prepare(data, psf, 0.02, model=soft_volume_cascade, device="cpu", iterations=2)
+    stages = list(run.stages(np.stack([data, data[:, ::-1]]), keep_gradients=False))
+    assert [s.stage for s in stages] == [0, 1, 2]
+    progress = []
+    out = run.deblur(np.stack([data, data[:, ::-1]]), progress=progress.append)
+    np.testing.assert_array_equal(out, stages[-1].image)
+    assert [p.done for p in progress] == list(range(1, 7)) and progress[-1].total == 6

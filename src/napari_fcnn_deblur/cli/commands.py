@@ -252,7 +252,7 @@ def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None
     if is_volume_kernel(kernel):
         noise = "auto" if args.noise is None else args.noise
         run = VolumeRun.prepare(image, kernel, noise, args.iterations, args.device, args.model, args.intensity_range,
-                                args.precision, spacing, psf_spacing)
+                                args.precision, spacing, psf_spacing, args.tile_size)
     else:
         run = DeblurRun.prepare(image, kernel, _noise(args), args.iterations, args.device, args.model,
                                 args.tile_size, args.intensity_range, precision=args.precision)
@@ -697,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size",
         type=_tile_arg,
         default=None,
-        help="side in pixels of the tiles the networks run in on large planes (default: from free memory)",
+        help="side in pixels of the tiles the networks run in on large planes and volumes (default: from free "
+             "memory)",
     )
     d.add_argument(
         "--scheduler",

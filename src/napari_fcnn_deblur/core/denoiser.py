@@ -176,9 +176,13 @@ def direction_view(t: torch.Tensor, direction: int) -> torch.Tensor:
     return t if direction == 0 else t.transpose(-1, -(direction + 1))
 
 
-def plane_views(gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Each gradient as the network sees it: along the last axis (a vertical gradient transposed)."""
-    return [direction_view(g, i) for i, g in enumerate(gradients)]
+def plane_views(gradients: Sequence[torch.Tensor], directions: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Each gradient as the network sees it: along the last axis (a vertical gradient transposed).
+
+    ``directions``: the direction of each gradient (default ``0, 1, ...``: x, y[, z] in order).
+    """
+    dirs = range(len(gradients)) if directions is None else directions
+    return [direction_view(g, d) for g, d in zip(gradients, dirs, strict=True)]
 
 
 def network_input(gradient: torch.Tensor, conditions: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -188,11 +192,13 @@ def network_input(gradient: torch.Tensor, conditions: Sequence[torch.Tensor] = (
     return torch.stack([gradient, *conditions], dim=1)
 
 
-def network_inputs(gradients: Sequence[torch.Tensor], conditions: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+def network_inputs(gradients: Sequence[torch.Tensor], conditions: Sequence[torch.Tensor] = (),
+                   directions: Sequence[int] | None = None) -> list[torch.Tensor]:
     """The network's input for each gradient: its :func:`plane_views` view, then the ``conditions``
-    maps (on the gradients' grid) seen the same way (transposed with a vertical gradient)."""
-    views = plane_views(gradients)
-    maps = [plane_views([c] * len(views)) for c in conditions]
+    maps (on the gradients' grid) seen the same way (transposed with a vertical gradient).
+    ``directions`` as for :func:`plane_views`."""
+    views = plane_views(gradients, directions)
+    maps = [plane_views([c] * len(views), directions) for c in conditions]
     return [network_input(v, [m[i] for m in maps]) for i, v in enumerate(views)]
 
 
@@ -227,12 +233,17 @@ class AxialPair(nn.Module):
         return out
 
 
-def direction_networks(net: nn.Module, n: int) -> list[nn.Module]:
-    """The network for each of ``n`` gradient directions (x, y[, z]): an :class:`AxialPair` gives its
+def direction_network(net: nn.Module, direction: int) -> nn.Module:
+    """The network of gradient ``direction`` (0 = x, 1 = y, 2 = z): an :class:`AxialPair` gives its
     lateral network for x and y and its axial one for z; any other network serves every direction."""
     if isinstance(net, AxialPair):
-        return [net.lateral if i < 2 else net.axial for i in range(n)]
-    return [net] * n
+        return net.lateral if direction < 2 else net.axial
+    return net
+
+
+def direction_networks(net: nn.Module, n: int) -> list[nn.Module]:
+    """The network for each of ``n`` gradient directions (x, y[, z]), :func:`direction_network` of each."""
+    return [direction_network(net, i) for i in range(n)]
 
 
 def as_plane_batch(t: torch.Tensor) -> torch.Tensor:
@@ -251,18 +262,22 @@ def from_plane_batch(t: torch.Tensor, like_shape: Sequence[int]) -> torch.Tensor
 
 def denoise_gradients(net: nn.Module, gradients: Sequence[torch.Tensor], channels_last: bool = True,
                       autocast_dtype: torch.dtype | None = None,
-                      conditions: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+                      conditions: Sequence[torch.Tensor] = (),
+                      directions: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Denoise the gradients ``[g_x, g_y(, g_z)]`` of a batch of planes ``(N, H, W)`` or volumes
     ``(N, D, H, W)``.
 
     Every gradient is seen along its last axis (:func:`plane_views`: the vertical gradient
     transposed, for volumes the z gradient on YZ slices) and run through the 2D network of its
-    direction (:func:`direction_networks`) as a batch of planes.  Directions with the same network
+    direction (:func:`direction_network`) as a batch of planes.  Directions with the same network
     and plane shape run in one batch.  ``conditions``: per-pixel maps on the gradients' grid (e.g. a
     noise map) given to a conditioned network as extra input channels, each seen as the gradient is.
+    ``directions``: the direction of each gradient when they are not ``x, y[, z]`` in order (e.g.
+    ``(2,)`` for the z gradients of a block of a volume alone).
     """
-    inputs = network_inputs(gradients, conditions)
-    nets = direction_networks(net, len(inputs))
+    dirs = list(range(len(gradients))) if directions is None else list(directions)
+    inputs = network_inputs(gradients, conditions, dirs)
+    nets = [direction_network(net, d) for d in dirs]
     shapes = [(t.shape[0],) + tuple(t.shape[2:]) for t in inputs]
     planes = [as_plane_batch(t) for t in inputs]
 
@@ -283,4 +298,4 @@ def denoise_gradients(net: nn.Module, gradients: Sequence[torch.Tensor], channel
             both = run(nets[i], torch.cat([planes[j] for j in group], dim=0))
             for j, o in zip(group, both.split(planes[i].shape[0], dim=0)):
                 outs[j] = o
-    return plane_views([from_plane_batch(o, sh) for o, sh in zip(outs, shapes)])
+    return plane_views([from_plane_batch(o, sh) for o, sh in zip(outs, shapes)], dirs)

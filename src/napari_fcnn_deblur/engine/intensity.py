@@ -47,10 +47,16 @@ class IntensityScaling:
     scale: float = 1.0
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float32) - np.float32(self.offset)) / np.float32(self.scale)).astype(np.float32)
+        """``x`` on the [0, 1] scale: a new float32 array (computed in float32, one array of memory)."""
+        out = np.subtract(x, np.float32(self.offset), dtype=np.float32)
+        out /= np.float32(self.scale)
+        return out
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(np.float32)
+        """``x`` (on the [0, 1] scale) in the image's units: a new float32 array."""
+        out = np.multiply(x, np.float32(self.scale), dtype=np.float32)
+        out += np.float32(self.offset)
+        return out
 
     @classmethod
     def from_range(cls, intensity_range) -> IntensityScaling:

@@ -69,6 +69,8 @@ SIGNAL_DEPENDENCE = 1.2
 A_SIGNIFICANCE = 3.0
 #: Largest noise s.d. accepted (on the [0, 1] scale).
 MAX_SIGMA = 0.5
+#: The per-pixel s.d. of Poisson–Gaussian noise is computed in chunks of whole planes of about this many pixels.
+SD_CHUNK_PIXELS = 1 << 22
 #: s.d. of a bin's MAD variance estimate is σ²·sqrt(MAD_VARIANCE_FACTOR / n) (MAD efficiency 0.37 for Gaussians).
 MAD_VARIANCE_FACTOR = 5.4
 
@@ -133,8 +135,12 @@ class NoiseLevel:
             return self.sigma
         if self.kind == "poisson-gaussian":
             sub = np.asarray(planes[sl], np.float32)
-            smooth = uniform_filter(sub, size=(1, SMOOTH_SIZE, SMOOTH_SIZE), mode="reflect")
-            return self.sd_at(smooth).astype(np.float32)
+            out = np.empty(sub.shape, np.float32)
+            step = max(1, SD_CHUNK_PIXELS // max(1, math.prod(sub.shape[1:])))
+            for a in range(0, len(sub), step):  # plane by plane: bounded float64 work arrays, same values
+                smooth = uniform_filter(sub[a : a + step], size=(1, SMOOTH_SIZE, SMOOTH_SIZE), mode="reflect")
+                out[a : a + step] = self.sd_at(smooth)
+            return out
         m = self.sd_map
         if m.shape[-2:] != planes.shape[-2:] or (len(m) != 1 and len(m) != len(planes)):
             raise ValueError(f"this run's noise map covers {len(m)} plane(s) of {m.shape[-2:]}, "

@@ -379,7 +379,7 @@ class DeblurRun:
         spectra = self._spectra_on(fdev, plane_shape)
 
         def tiles_with_map(map_padded: torch.Tensor) -> TiledNetworks:
-            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (network_condition(map_padded),))
+            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition)
 
         def stages(sl: slice) -> Iterator[StageTensors]:
             y = torch.from_numpy(np.ascontiguousarray(planes[sl])).to(fdev)

@@ -1,4 +1,4 @@
-"""Deblurring planes of any size with bounded memory: the networks run in overlapping tiles.
+"""Deblurring planes and volumes of any size with bounded memory: the networks run in overlapping tiles.
 
 Where the memory goes
 ---------------------
@@ -43,12 +43,25 @@ convolutions round differently, ~10⁻³ at most on a 4096² plane; with
 ``torch.backends.cudnn.allow_tf32 = False`` they agree to ~5·10⁻⁶.)  Peak
 memory is ≈ :data:`PLANE_BYTES_PER_PIXEL` × padded plane + :data:`BYTES_PER_PIXEL`
 × tile pixels (+ the caller's input and output arrays).
+
+Volumes
+-------
+A volume ``(Z, Y, X)`` runs the same way (:mod:`.volume`): the deconvolutions on the whole padded
+volume, the networks in z-whole X/Y tiles with the same halo — the lateral network on slabs of the
+tile's XY planes (x and y gradients), the axial network on the YZ slices of the tile's core columns
+(z gradients, the whole z extent) — at most :attr:`TiledNetworks.call_pixels` pixels per network
+call and direction.  Every volumetric run goes this way, also when one tile covers the
+volume: the whole-grid application (:func:`~napari_fcnn_deblur.core.denoiser.denoise_gradients`)
+would hold the three gradient volumes, their network inputs (gradient and noise-map channels) and
+plane-batch copies at once, ~22 volume-sized arrays, where the tiles hold one slab's.  Peak memory
+is then ≈ :data:`VOLUME_BYTES_PER_VOXEL` × padded volume + one network call's work.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +74,10 @@ from ..core.spectral import padding_geometry
 BYTES_PER_PIXEL = 1200
 #: Memory of the global FFT part of the tiled path per padded plane pixel (bytes, peak, float32).
 PLANE_BYTES_PER_PIXEL = 24
+#: Memory of a volumetric run per padded voxel (bytes, peak, float32, networks apart): the kernel's
+#: spectra, ``conj(K)·Y``, the padded noise map, the latent volume, the three denoised gradients and
+#: eq. 6's work arrays (measured: ``docs/engine.md``, Volumes).
+VOLUME_BYTES_PER_VOXEL = 64
 #: Overlap (pixels) of the network tiles on every side: the FCNN's receptive-field radius.
 TILE_MARGIN = RECEPTIVE_RADIUS
 #: Smallest and largest automatic tile sides (pixels), per device type.
@@ -68,6 +85,14 @@ MIN_TILE_SIZE = 128
 MAX_TILE_SIZE = {"cpu": 1024, "mps": 2048, "cuda": 4096}
 #: Fraction of the free memory the automatic tile size may plan to use.
 MEMORY_FRACTION = 0.5
+#: Fewest pixels of planes or slices per network call in a volume's tiles (at most one plane when
+#: planes are larger): smaller calls are bound by per-call overhead, not by memory (~80 MB here).
+MIN_CALL_PIXELS = 256 * 256
+#: Most pixels of small planes or slices per network call and direction on the CPU.  Planes larger
+#: than a cache tile run tile by tile inside the call anyway (:func:`~napari_fcnn_deblur.core.denoiser.apply_network`);
+#: a batch of small ones holds 64 feature maps of every pixel: 0.26 M pixels ≈ 0.13 GiB per map.
+#: Measured on the 2-core EPYC: 0.46 M-pixel calls within ~3 % of 1.8 M-pixel ones.
+CPU_CALL_PIXELS = 512 * 512
 
 
 def available_memory(device: "torch.device | str") -> int:
@@ -87,17 +112,19 @@ def available_memory(device: "torch.device | str") -> int:
             return 4 << 30
 
 
-def auto_tile_size(device: "torch.device | str", plane_pixels: int = 0) -> int:
+def auto_tile_size(device: "torch.device | str", plane_pixels: int = 0,
+                   bytes_per_pixel: int = PLANE_BYTES_PER_PIXEL) -> int:
     """Tile side (pixels, multiple of 16) that fits the free memory of ``device``.
 
     Plans :data:`MEMORY_FRACTION` of the free memory, less the global FFT
-    arrays of a plane of ``plane_pixels`` padded pixels, at
+    arrays of a grid of ``plane_pixels`` padded pixels (a plane; or a volume's voxels with
+    ``bytes_per_pixel`` = :data:`VOLUME_BYTES_PER_VOXEL`), at
     :data:`BYTES_PER_PIXEL` per tile pixel; clipped to
     [:data:`MIN_TILE_SIZE`, :data:`MAX_TILE_SIZE`] (larger tiles are not
     faster on a CPU).
     """
     dev = torch.device(device)
-    budget = MEMORY_FRACTION * available_memory(dev) - PLANE_BYTES_PER_PIXEL * plane_pixels
+    budget = MEMORY_FRACTION * available_memory(dev) - bytes_per_pixel * plane_pixels
     side = int(math.sqrt(max(budget, 0) / BYTES_PER_PIXEL)) // 16 * 16
     return int(min(max(side, MIN_TILE_SIZE), MAX_TILE_SIZE.get(dev.type, 1024)))
 
@@ -120,14 +147,17 @@ def needs_tiling(plane_shape, kernel_shape, tile_size: int) -> bool:
 
 
 def plane_fits(plane_shape, kernel_shape, device: torch.device, tile_size: int) -> bool:
-    """Whether the global FFT arrays of a plane and one tile fit the free memory of ``device``."""
-    hp, wp = padding_geometry(tuple(plane_shape), tuple(kernel_shape)).shape
-    need = PLANE_BYTES_PER_PIXEL * hp * wp + BYTES_PER_PIXEL * tile_size * tile_size
+    """Whether the global FFT arrays of a plane (or a volume: 3D shapes) and one tile fit the free
+    memory of ``device``."""
+    grid = padding_geometry(tuple(plane_shape), tuple(kernel_shape)).shape
+    per = PLANE_BYTES_PER_PIXEL if len(grid) == 2 else VOLUME_BYTES_PER_VOXEL
+    need = per * math.prod(grid) + BYTES_PER_PIXEL * tile_size * tile_size
     return need < 0.9 * available_memory(device)
 
 
 def fft_device(plane_shape, kernel_shape, device: torch.device, tile_size: int) -> torch.device:
-    """Where the global FFT part of a tiled plane runs: ``device`` when it fits there next to a tile, else the CPU."""
+    """Where the global FFT part of a tiled plane (or volume) runs: ``device`` when it fits there next
+    to a tile, else the CPU."""
     if device.type != "cpu" and not plane_fits(plane_shape, kernel_shape, device, tile_size):
         return torch.device("cpu")
     return device
@@ -135,17 +165,32 @@ def fft_device(plane_shape, kernel_shape, device: torch.device, tile_size: int) 
 
 @dataclass(frozen=True)
 class TiledNetworks:
-    """Apply a stage's network to the gradients of padded planes tile by tile (a ``denoise`` of
+    """Apply a stage's network to the gradients of padded planes or volumes tile by tile (a ``denoise`` of
     :meth:`~napari_fcnn_deblur.core.cascade.Cascade.run`).
 
-    Same result as the whole-grid application: each tile (at most
-    ``tile_size`` wide, sent to ``device``) is a :func:`~napari_fcnn_deblur.core.denoiser.tile_windows`
-    window with a :data:`TILE_MARGIN` halo; the circular backward differences
-    take the row/column before the window (wrapping at the frame).  No
-    plane-sized gradient array is ever made; the outputs live where the
-    latent image lives.  ``conditions``: per-pixel input channels of conditioned networks on the
-    padded grid, ``(N, Hp, Wp)`` each (the noise-map cascade's, see
-    :func:`~napari_fcnn_deblur.core.conditioned.network_condition`), cut into the same tiles.
+    Planes ``(N, Hp, Wp)`` and volumes ``(N, Zp, Yp, Xp)`` alike (a plane is a volume of one z plane
+    without a z gradient).  The grid's Y/X extent is cut into
+    :func:`~napari_fcnn_deblur.core.denoiser.tile_windows` of at most ``tile_size`` pixels with a
+    :data:`TILE_MARGIN` halo, z whole.  In each window:
+
+    - the x and y gradients of slabs of XY planes (circular backward differences taking the row /
+      column before the window, wrapping at the frame) go through the lateral network;
+    - for volumes, the z gradients of the window's core columns (YZ slices: the window's rows, the
+      whole z extent, circular along z) go through the axial network;
+
+    each network call on at most :attr:`call_pixels` pixels of planes or slices per direction (one
+    plane or slice when they are larger).
+
+    Only each window's core is kept, so the result is the whole-grid application's
+    (:func:`~napari_fcnn_deblur.core.denoiser.denoise_gradients`) up to float round-off.  No
+    grid-sized gradient or network-input array is ever made: memory is the outputs (where the
+    latent image lives) and one slab's work on ``device``.
+
+    ``conditions``: per-pixel input channels of conditioned networks on the padded grid, shaped like
+    ``x`` (e.g. the noise-map cascade's padded noise map), cut into the same pieces;
+    ``condition_map``: applied to each piece before the network sees it (e.g.
+    :func:`~napari_fcnn_deblur.core.conditioned.network_condition`, so that no scaled grid-sized
+    copy is made).
     """
 
     tile_size: int
@@ -153,25 +198,71 @@ class TiledNetworks:
     channels_last: bool = True
     autocast_dtype: torch.dtype | None = None
     conditions: tuple[torch.Tensor, ...] = ()
+    condition_map: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, net: torch.nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
-        if ndim != 2:
-            raise ValueError(f"tiled networks run on planes, got a {ndim}D grid")
-        n, hp, wp = x.shape
+        if ndim not in (2, 3):
+            raise ValueError(f"tiled networks run on planes or volumes, got a {ndim}D grid")
+        vol = x[:, None] if ndim == 2 else x  # (N, Zp, Yp, Xp)
+        conds = [c[:, None] if ndim == 2 else c for c in self.conditions]
+        n, _, hp, wp = vol.shape
         core = max(self.tile_size - 2 * TILE_MARGIN, 16)
-        zs = [torch.empty_like(x), torch.empty_like(x)]
+        zs = [torch.empty_like(vol) for _ in range(ndim)]
         for i in range(n):
+            ci = [c[i] for c in conds]
             for (wr, wc), keep in tile_windows((hp, wp), core, TILE_MARGIN):
-                rows = torch.arange(wr.start - 1, wr.stop, device=x.device) % hp
-                cols = torch.arange(wc.start - 1, wc.stop, device=x.device) % wp
-                xw = x[i].index_select(0, rows).index_select(1, cols).to(self.device)
-                grads = [(xw[1:, 1:] - xw[1:, :-1])[None], (xw[1:, 1:] - xw[:-1, 1:])[None]]
-                del xw
-                conds = [c[i, wr, wc][None].to(self.device) for c in self.conditions]
-                outs = denoise_gradients(net, grads, self.channels_last, self.autocast_dtype, conditions=conds)
-                dst = (i, slice(wr.start + keep[0].start, wr.start + keep[0].stop),
-                       slice(wc.start + keep[1].start, wc.start + keep[1].stop))
-                for z, o in zip(zs, outs):
-                    z[dst] = o[(0,) + keep].to(x.device)
-                del outs
-        return zs
+                self._lateral(net, vol[i], ci, wr, wc, keep, [z[i] for z in zs[:2]])
+                if ndim == 3:
+                    self._axial(net, vol[i], ci, wr, wc, keep, zs[2][i])
+        return zs if ndim == 3 else [z[:, 0] for z in zs]
+
+    @property
+    def call_pixels(self) -> int:
+        """Most pixels of planes or slices per network call and direction: ``tile_size``² (on the CPU
+        at most :data:`CPU_CALL_PIXELS`), at least :data:`MIN_CALL_PIXELS`."""
+        n = self.tile_size * self.tile_size
+        if torch.device(self.device).type == "cpu":
+            n = min(n, CPU_CALL_PIXELS)
+        return max(n, MIN_CALL_PIXELS)
+
+    def _pieces(self, conds: list[torch.Tensor], index: tuple) -> list[torch.Tensor]:
+        out = [c[index].to(self.device) for c in conds]
+        return out if self.condition_map is None else [self.condition_map(c) for c in out]
+
+    def _lateral(self, net, v: torch.Tensor, conds, wr: slice, wc: slice, keep, dst: list[torch.Tensor]) -> None:
+        """x and y gradients of window (wr, wc) of the XY planes of one volume ``v`` (Zp, Yp, Xp), slab by slab."""
+        zp, hp, wp = v.shape
+        rows = torch.arange(wr.start - 1, wr.stop, device=v.device) % hp
+        cols = torch.arange(wc.start - 1, wc.stop, device=v.device) % wp
+        per = max(1, self.call_pixels // ((wr.stop - wr.start) * (wc.stop - wc.start)))
+        out = (slice(wr.start + keep[0].start, wr.start + keep[0].stop),
+               slice(wc.start + keep[1].start, wc.start + keep[1].stop))
+        for z0 in range(0, zp, per):
+            zsl = slice(z0, min(z0 + per, zp))
+            xw = v[zsl].index_select(1, rows).index_select(2, cols).to(self.device)
+            grads = [xw[:, 1:, 1:] - xw[:, 1:, :-1], xw[:, 1:, 1:] - xw[:, :-1, 1:]]
+            del xw
+            outs = denoise_gradients(net, grads, self.channels_last, self.autocast_dtype,
+                                     conditions=self._pieces(conds, (zsl, wr, wc)))
+            del grads
+            for z, o in zip(dst, outs):
+                z[(zsl,) + out] = o[(slice(None),) + keep].to(z.device)
+            del outs
+
+    def _axial(self, net, v: torch.Tensor, conds, wr: slice, wc: slice, keep, dst: torch.Tensor) -> None:
+        """z gradients of the core columns of window (wr, wc) of one volume ``v``: YZ slices, z whole."""
+        zp = v.shape[0]
+        h = wr.stop - wr.start
+        per = max(1, self.call_pixels // (h * zp))
+        rows_out = slice(wr.start + keep[0].start, wr.start + keep[0].stop)
+        for c0 in range(wc.start + keep[1].start, wc.start + keep[1].stop, per):
+            csl = slice(c0, min(c0 + per, wc.start + keep[1].stop))
+            xw = v[:, wr, csl].to(self.device)
+            grads = [(xw - torch.roll(xw, shifts=1, dims=0))[None]]
+            del xw
+            (o,) = denoise_gradients(net, grads, self.channels_last, self.autocast_dtype,
+                                     conditions=[c[None] for c in self._pieces(conds, (slice(None), wr, csl))],
+                                     directions=(2,))
+            del grads
+            dst[:, rows_out, csl] = o[0][:, keep[0], :].to(dst.device)
+            del o

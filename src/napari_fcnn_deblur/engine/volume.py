@@ -13,6 +13,15 @@ The PSF is used on the image's voxel grid.  ``spacing`` (the image's voxel size,
 (:func:`~napari_fcnn_deblur.data.psf3d.resample_psf`); a PSF spacing without the image's is refused.
 Leading axes (time points, channels given as separate volumes) are a batch: each volume runs
 on its own.
+
+Memory: the deconvolutions of eq. 6 are global (the whole padded volume's spectra, as in 2D:
+:mod:`.tiles` says why tiled deconvolutions are inexact), the networks run through
+:class:`~.tiles.TiledNetworks` — z-whole X/Y tiles of at most ``tile_size`` pixels with an exact
+halo, and within a tile slabs of XY planes (lateral network) and of YZ slices (axial network), at
+most :attr:`~.tiles.TiledNetworks.call_pixels` pixels per network call and direction — so no
+volume-sized gradient or network-input array is made.  Peak memory is about
+:data:`~.tiles.VOLUME_BYTES_PER_VOXEL` per padded voxel plus one network call's work;
+``docs/engine.md`` (Volumes) has the measured numbers.
 """
 
 from __future__ import annotations
@@ -21,11 +30,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from ..core.conditioned import network_condition
+from ..core.solver import kernel_spectra, prepare_problem
+from ..core.spectral import padding_geometry
 from ..core.volumetric import VolumeCascade
 from ..io.models import MODEL_NAMES, load_cached, volume_model_path
 from .devices import check_precision, resolve_device
@@ -34,6 +46,7 @@ from .kernels import kernel_on_grid
 from .layout import PlaneLayout
 from .noise import NoiseLevel
 from .run import Progress, StageResult, check_finite, check_image, decide_noise, is_auto, model_on
+from .tiles import VOLUME_BYTES_PER_VOXEL, TiledNetworks, auto_tile_size, check_tile_size, fft_device
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +70,7 @@ class VolumeOptions:
     device: str = "auto"
     model: object = None
     precision: str = "auto"
+    tile_size: int | None = None
 
 
 def resolve_volume_model(model) -> VolumeCascade:
@@ -92,19 +106,24 @@ class VolumeRun:
 
     @classmethod
     def prepare(cls, image, kernel, noise_level="auto", iterations: int | None = None, device="auto", model=None,
-                intensity_range=None, precision: str = "auto", spacing=None, psf_spacing=None) -> VolumeRun:
+                intensity_range=None, precision: str = "auto", spacing=None, psf_spacing=None,
+                tile_size: int | None = None) -> VolumeRun:
         """Validate everything and decide intensity map, noise, model, device and precision.
 
         ``image``: ``(Z, Y, X)`` or ``(..., Z, Y, X)``; ``kernel``: the 3D PSF ``(kz, ky, kx)``.
         ``noise_level``: ``"auto"`` (default: a Poisson–Gaussian noise level function estimated
         from the stack), a number (s.d. on the [0, 1] scale) or a per-voxel s.d. map of the
-        image's shape.  Other arguments as for :func:`napari_fcnn_deblur.deblur`.
+        image's shape.  ``tile_size``: side (pixels) of the z-whole X/Y tiles the networks run in,
+        and √ of the most pixels of planes / slices per network call (see :class:`~.tiles.TiledNetworks`;
+        None: from the free memory of ``device``, :func:`~.tiles.auto_tile_size`).  Other arguments as for
+        :func:`napari_fcnn_deblur.deblur`.
         """
         check_image(image)
         if len(image.shape) < 3:
             raise ValueError(f"a 3D PSF needs a volume (Z, Y, X) or a stack of volumes; the image is 2D "
                              f"{tuple(image.shape)}: pass a 2D kernel (e.g. the PSF's focal plane)")
         k = volume_kernel(kernel, tuple(image.shape[-3:]), spacing, psf_spacing)
+        tile_size = check_tile_size(tile_size)
         dev = resolve_device(device)
         autocast_dtype = check_precision(precision, dev)
         if isinstance(image, np.ndarray):
@@ -121,7 +140,7 @@ class VolumeRun:
         it = cascade.check_iterations(iterations)
         task_device = "auto" if isinstance(device, str) and device.strip().lower() == "auto" else str(dev)
         task_model = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
-        opts = VolumeOptions(k, noise, it, scaling, task_device, task_model, str(precision))
+        opts = VolumeOptions(k, noise, it, scaling, task_device, task_model, str(precision), tile_size)
         return cls(opts, cascade, dev, autocast_dtype)
 
     @property
@@ -143,22 +162,50 @@ class VolumeRun:
         sd = noise.sd_planes(y)
         return np.full(y.shape, sd, np.float32) if np.ndim(sd) == 0 else np.asarray(sd, np.float32)
 
-    def _volume_stages(self, vol: np.ndarray, index: int, n_volumes: int, keep_gradients: bool):
-        """One volume (Z, Y, X) through the cascade: (stage, image, [g_x, g_y, g_z] or None, γ), image units."""
+    def tile_size(self, volume_shape) -> int:
+        """Side of the network tiles for volumes of ``volume_shape`` (the option, or from free memory)."""
+        if self.options.tile_size is not None:
+            return self.options.tile_size
+        grid = padding_geometry(tuple(volume_shape), self.options.kernel.shape).shape
+        return auto_tile_size(self.device, math.prod(grid), VOLUME_BYTES_PER_VOXEL)
+
+    def _volume_stages(self, vol: np.ndarray, index: int, n_volumes: int, keep_gradients: bool,
+                       every_stage: bool = True):
+        """One volume (Z, Y, X) through the cascade: (stage, image, [g_x, g_y, g_z] or None, γ), image units
+        (``every_stage`` False: the image of the last stage only, None before).
+
+        The global FFT part runs on ``device`` when the padded volume fits there next to one network
+        tile, else on the CPU (:func:`~.tiles.fft_device`); the networks run on ``device`` in tiles.
+        """
         sc = self.options.scaling
+        shape = tuple(vol.shape)
+        tile = self.tile_size(shape)
+        fdev = fft_device(shape, self.options.kernel.shape, self.device, tile)
         y = sc.forward(vol)
-        sd = torch.from_numpy(np.ascontiguousarray(self._sd(y, index, n_volumes)))[None].to(self.device)
-        yt = torch.from_numpy(np.ascontiguousarray(y))[None].to(self.device)
-        kt = torch.from_numpy(self.options.kernel).to(self.device)
+        sd = torch.from_numpy(np.ascontiguousarray(self._sd(y, index, n_volumes)))[None].to(fdev)
         gammas = self.cascade.gammas_at(torch.sqrt(sd.square().mean()))[:, 0].tolist()
-        for st in self.cascade.run(yt, kt, sd, iterations=self.iterations, autocast_dtype=self.autocast_dtype,
-                                   keep_gradients=keep_gradients):
-            img = sc.inverse(st.image[0].float().cpu().numpy())
+        spectra = kernel_spectra(torch.from_numpy(self.options.kernel).to(fdev), shape)
+        problem = prepare_problem(torch.from_numpy(y)[None].to(fdev), spectra=spectra)
+        if not self.cascade.refills:  # only boundary refills read the observed volume again
+            problem = replace(problem, observed=None)
+        del y, spectra
+
+        def tiles(map_padded: torch.Tensor) -> TiledNetworks:
+            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition)
+
+        for st in self.cascade.run(noise_map=sd, problem=problem, iterations=self.iterations,
+                                   autocast_dtype=self.autocast_dtype, keep_gradients=keep_gradients,
+                                   denoise=tiles):
+            img = None
+            if every_stage or st.stage == self.iterations:
+                img = sc.inverse(st.image[0].float().cpu().numpy())
             grads = None
             if st.gradients is not None:
                 crop = st.problem.geometry.crop
                 grads = [crop(g)[0].float().cpu().numpy() * np.float32(sc.scale) for g in st.gradients]
-            yield st.stage, img, grads, gammas[st.stage]
+            stage = st.stage
+            del st  # the stage loop frees this step's padded volume while it computes the next
+            yield stage, img, grads, gammas[stage]
 
     def steps(self, image, keep_gradients: bool = True) -> Iterator[Progress | StageResult]:
         """Every step on ``image``: :class:`~.run.Progress` items (volume-steps) and a
@@ -168,6 +215,11 @@ class VolumeRun:
         volume and yields the stages when all volumes are done.  Closing the generator stops the work.
         Inference mode is entered around each step, never across a yield.
         """
+        return self._steps(image, keep_gradients, every_stage=True)
+
+    def _steps(self, image, keep_gradients: bool, every_stage: bool) -> Iterator[Progress | StageResult]:
+        """:meth:`steps`; ``every_stage`` False yields the last stage's result only (what :meth:`deblur`
+        needs: the other stages' volumes are never made)."""
         shape = tuple(image.shape)
         n = math.prod(shape[:-3])
         total = n * (self.iterations + 1)
@@ -177,7 +229,7 @@ class VolumeRun:
         gammas = [float("nan")] * (self.iterations + 1)
         done = 0
         for v in range(n):
-            gen = self._volume_stages(flat[v], v, n, keep_gradients)
+            gen = self._volume_stages(flat[v], v, n, keep_gradients, every_stage)
             while True:
                 with torch.inference_mode():
                     item = next(gen, None)
@@ -187,6 +239,8 @@ class VolumeRun:
                 done += 1
                 gammas[s] = g
                 yield Progress(done, total)
+                if img is None:
+                    continue
                 if n == 1:
                     yield self._result(s, img, grads, g, shape)
                     continue
@@ -200,7 +254,8 @@ class VolumeRun:
                         dst[v] = src
         if n > 1:
             for s in range(self.iterations + 1):
-                yield self._result(s, outs[s], gouts[s], gammas[s], shape)
+                if outs[s] is not None:
+                    yield self._result(s, outs[s], gouts[s], gammas[s], shape)
 
     def stages(self, image, progress: Callable[[Progress], None] | None = None,
                keep_gradients: bool = True) -> Iterator[StageResult]:
@@ -224,6 +279,9 @@ class VolumeRun:
     def deblur(self, image, progress: Callable[[Progress], None] | None = None) -> np.ndarray:
         """The final volume(s), float32, the input's shape and units."""
         last = None
-        for last in self.stages(image, progress, keep_gradients=False):
-            pass
+        for item in self._steps(image, keep_gradients=False, every_stage=False):
+            if isinstance(item, StageResult):
+                last = item
+            elif progress is not None:
+                progress(item)
         return last.image
