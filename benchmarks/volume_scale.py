@@ -165,14 +165,14 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
 
     psf = psfs()["widefield"]
     stack, sharp = case(0, "widefield", PHOTONS, psf, tuple(speed_shape))
-    cache["meta"] = {"date": datetime.date.today().isoformat(), "threads": threads,
-                     "processor": platform.processor() or platform.machine(),
-                     "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-                     "cpus": os.cpu_count()}
+    meta = {"date": datetime.date.today().isoformat(), "started": datetime.datetime.now().strftime("%H:%M"),
+            "threads": threads,
+            "processor": platform.processor() or platform.machine(),
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if speed:
-            rec = {"shape": list(speed_shape), "blurry": scores((stack - OFFSET) / PHOTONS, sharp)}
+            rec = {"shape": list(speed_shape), "run": meta, "blurry": scores((stack - OFFSET) / PHOTONS, sharp)}
             sweep = rl_sweep(stack, psf, PHOTONS, sharp)
             best = max(sweep, key=lambda k: sweep[k][0])
             rl = run_child(work, stack, psf, threads, "rl", "--rl-iterations", str(best), output=work / "rl.npy")
@@ -194,21 +194,31 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}"
             r = run_child(work, stack_of(shape, stack), psf, threads, "ours", "--precision", "fp32",
                           "--iterations", str(stages))
-            r.update(shape=list(shape), stages=stages, padded_voxels=padded_voxels(shape, psf.shape))
+            r.update(shape=list(shape), stages=stages, padded_voxels=padded_voxels(shape, psf.shape), run=meta)
             cache.setdefault("memory", {})[key] = r
             save()
             log(f"{key}: {r['peak_rss'] / GIB:.2f} GiB peak, {r['sec']:.0f} s")
     return cache
 
 
+def _load(meta: dict) -> str:
+    load = "not recorded" if meta.get("load") is None else f"{meta['load']:.1f}"
+    return f"{meta.get('started', '?')}: {load}"
+
+
 def report(cache: dict) -> str:
-    meta = cache.get("meta", {})
+    runs = [cache["speed"]["run"]] if "speed" in cache else []
+    for r in cache.get("memory", {}).values():
+        if r["run"] not in runs:
+            runs.append(r["run"])
+    meta = runs[0] if runs else {}
+    loads = ", ".join(_load(m) for m in runs)
     lines = [
         SECTION,
         "",
         f"*{meta.get('date', '?')}, {meta.get('processor', '?')}, {meta.get('cpus', '?')} logical CPUs shared with "
-        f"other jobs (1-min load average {meta.get('load', float('nan')):.1f} at the start), "
-        f"{meta.get('threads', '?')} thread(s) per process (`benchmarks/volume_scale.py`).*",
+        f"other jobs, {meta.get('threads', '?')} thread(s) per process, {len(runs)} run(s) of "
+        f"`benchmarks/volume_scale.py` (start time: 1-min load average then — {loads}).*",
         "",
         "Protocol: benchmark volume 0 of `benchmarks/volumetric.py` made at 64 × 256 × 256 voxels (widefield PSF "
         "15 × 21 × 21, 100 photons, 2 e⁻ read noise, 100 ADU offset, uint16); other sizes are crops or "
@@ -255,6 +265,9 @@ def report(cache: dict) -> str:
     mem = cache.get("memory", {})
     if mem:
         lines += [
+            "Peak memory by size (fp32; the large volumes one stage: its peak is a stage's, 1 and 3 stages "
+            "agree in the small rows). Seconds here ran next to other jobs and are not comparable between rows.",
+            "",
             "| volume (Z × Y × X) | stages | padded voxels (M) | peak RSS (GiB) | RSS before the call (GiB) | "
             "growth per padded voxel (B) | tile | seconds |",
             "|---|---|---|---|---|---|---|---|",

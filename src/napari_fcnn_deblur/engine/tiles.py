@@ -76,7 +76,7 @@ BYTES_PER_PIXEL = 1200
 PLANE_BYTES_PER_PIXEL = 24
 #: Memory of a volumetric run per padded voxel (bytes, peak, float32, networks apart): the kernel's
 #: spectra, ``conj(K)·Y``, the padded noise map, the latent volume, the three denoised gradients and
-#: eq. 6's work arrays (measured: ``docs/engine.md``, Volumes).
+#: eq. 6's work arrays (48 B measured at 64 × 1024 × 1024, ``docs/engine.md`` Volumes; rounded up).
 VOLUME_BYTES_PER_VOXEL = 64
 #: Overlap (pixels) of the network tiles on every side: the FCNN's receptive-field radius.
 TILE_MARGIN = RECEPTIVE_RADIUS
