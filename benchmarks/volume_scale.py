@@ -189,6 +189,7 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             if old.get("shape") == rec["shape"]:
                 rec = {**old, **rec}
             cache["speed"] = rec
+            cache.setdefault("speed_runs", []).append(speed_summary(rec))
             save()
         for shape, stages in sizes:
             key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}"
@@ -199,6 +200,12 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             save()
             log(f"{key}: {r['peak_rss'] / GIB:.2f} GiB peak, {r['sec']:.0f} s")
     return cache
+
+
+def speed_summary(rec: dict) -> dict:
+    """One speed run in a line of the history: its start, RL's and the cascade's seconds."""
+    return {"run": rec["run"], "shape": rec["shape"], "rl_iterations": rec["rl"]["iterations"],
+            "rl_sec": rec["rl"]["sec"], **{f"{p}_sec": rec[p]["sec"] for p in ("fp32", "bf16") if p in rec}}
 
 
 def _load(meta: dict) -> str:
@@ -251,6 +258,12 @@ def report(cache: dict) -> str:
                           "where `precision=\"auto\"` means fp32 and emulated bf16 is several times slower; "
                           "`--precisions fp32 bf16` runs it."]
         fastest = min(sp[p]["sec"] for p in ran)
+        history = [h for h in cache.get("speed_runs", []) if h["shape"] == sp["shape"]]
+        if len(history) > 1:
+            lines += ["", "Every run of this comparison (start time: fp32 seconds / RL seconds = ratio): " + "; ".join(
+                f"{h['run'].get('started', '?')}: {h['fp32_sec']:.0f} / {h['rl_sec']:.1f} = "
+                f"{h['fp32_sec'] / h['rl_sec']:.1f}×" for h in history if "fp32_sec" in h)
+                + ". The machine is shared, so single timings vary; the table is the last run."]
         ratio = padded_voxels(sp["shape"], (15, 21, 21)) / np.prod(sp["shape"])
         met = fastest <= rl["sec"]
         lines += [
