@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
-from default_model import cases, psnr
-from markdown_sections import replace_section
+from default_model import add_case_arguments, cases_of, psnr
+from report_files import replace_section, save_json
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Boundary refills"
@@ -124,15 +123,8 @@ def main(argv=None) -> int:
     from napari_fcnn_deblur.io import models as model_io
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="noise-map cascade file (default: the shipped one)")
-    p.add_argument("--val", type=Path, default=HERE.parent.parent / "shared" / "data" / "val" / "set12")
-    p.add_argument("--kernel-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "kernels" / "levin")
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--kernels", type=int, default=4)
-    p.add_argument("--crop", type=int, default=160)
-    p.add_argument("--sigmas", default="0.01,0.03,0.05,0.10")
+    add_case_arguments(p, images=4, kernels=4, crop=160, sigmas="0.01,0.03,0.05,0.10")
     p.add_argument("--refills", type=int, default=3, help="largest refill count measured")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "boundary.json")
     p.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file")
     p.add_argument("--volumes", type=int, default=0, help="measure the volume cascade on N phantoms per condition")
@@ -145,8 +137,7 @@ def main(argv=None) -> int:
     models = {"noise-map": model_io.load_cascade(model).eval()}
     for lv in model_io.TRAINED_NOISE_LEVELS:
         models[lv] = model_io.load_cascade(model_io.shipped_model_path(lv)).eval()
-    sigmas = sorted(float(s) for s in args.sigmas.split(","))
-    case_list = cases(args.val, args.kernel_dir, args.images, args.kernels, args.crop)
+    sigmas, case_list = cases_of(args)
     t0 = time.time()
     rows = measure(models, sigmas, case_list, args.refills)
     info = (f"Measured by `benchmarks/boundary.py` on {datetime.date.today().isoformat()} ({time.time() - t0:.0f} s): "
@@ -157,8 +148,7 @@ def main(argv=None) -> int:
             "stage, and best stage against best stage (later stages paying is what refills are for).")
     text = markdown(rows, info)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1) + "\n")
+    save_json(args.out, {"info": info, "rows": rows})
     if args.doc:
         replace_section(args.doc, text, SECTION)
     return 0

@@ -34,6 +34,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from report_files import save_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SIGMAS = "0.005,0.01,0.02,0.03,0.05,0.07,0.10,0.15"
@@ -109,6 +110,24 @@ def table_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def add_case_arguments(p: argparse.ArgumentParser, images: int, kernels: int, crop: int, sigmas: str) -> None:
+    """The options that choose the validation cases (:func:`cases`) and noise levels, with these defaults."""
+    p.add_argument("--model", type=Path, default=None, help="noise-map cascade file (default: the shipped one)")
+    p.add_argument("--val", type=Path, default=HERE.parent.parent / "shared" / "data" / "val" / "set12")
+    p.add_argument("--kernel-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "kernels" / "levin")
+    p.add_argument("--images", type=int, default=images)
+    p.add_argument("--kernels", type=int, default=kernels)
+    p.add_argument("--crop", type=int, default=crop)
+    p.add_argument("--sigmas", default=sigmas, help=f"comma-separated noise levels (default {sigmas})")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def cases_of(args: argparse.Namespace):
+    """(sorted noise levels, :func:`cases`) chosen by the options of :func:`add_case_arguments`."""
+    sigmas = sorted(float(s) for s in args.sigmas.split(","))
+    return sigmas, cases(args.val, args.kernel_dir, args.images, args.kernels, args.crop)
+
+
 def main(argv=None) -> int:
     import hashlib
 
@@ -118,14 +137,7 @@ def main(argv=None) -> int:
     from napari_fcnn_deblur.io import models as model_io
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="noise-map cascade file (default: the shipped one)")
-    p.add_argument("--val", type=Path, default=HERE.parent.parent / "shared" / "data" / "val" / "set12")
-    p.add_argument("--kernel-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "kernels" / "levin")
-    p.add_argument("--images", type=int, default=3)
-    p.add_argument("--kernels", type=int, default=2)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--sigmas", default=DEFAULT_SIGMAS, help=f"comma-separated levels (default {DEFAULT_SIGMAS})")
-    p.add_argument("--threads", type=int, default=1)
+    add_case_arguments(p, images=3, kernels=2, crop=128, sigmas=DEFAULT_SIGMAS)
     p.add_argument("--out", type=Path, default=HERE / "results" / "default_model.json")
     p.add_argument("--write", action="store_true", help="store the table in the model file's metadata")
     args = p.parse_args(argv)
@@ -134,8 +146,7 @@ def main(argv=None) -> int:
     cascade = model_io.load_cascade(model)
     if not isinstance(cascade, NoiseMapCascade):
         p.error(f"{model} is not a noise-map cascade")
-    sigmas = sorted(float(s) for s in args.sigmas.split(","))
-    case_list = cases(args.val, args.kernel_dir, args.images, args.kernels, args.crop)
+    sigmas, case_list = cases_of(args)
     print(f"{model}: {len(case_list)} cases ({', '.join(sorted({c[0] for c in case_list}))} × "
           f"{', '.join(sorted({c[1] for c in case_list}))}), {args.crop}² valid blur")
     table = measure(Path(model), sigmas, case_list)
@@ -149,8 +160,7 @@ def main(argv=None) -> int:
         date=datetime.date.today().isoformat(),
     )
     print(table_markdown(table))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(table, indent=1) + "\n")
+    save_json(args.out, table)
     print(f"wrote {args.out}")
     if args.write:
         cascade.metadata[model_io.DEFAULT_RULE_KEY] = json.dumps(table, separators=(",", ":"))

@@ -83,6 +83,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report_files import load_json, save_json  # noqa: E402
+from report_files import replace_section as replace_report_section  # noqa: E402
+
 DEFAULT_CACHE = HERE / "results" / "quality_cache.json"
 #: Appended to our cascades' cache keys: results computed by an older engine (padding up to an
 #: FFT-friendly size, before 2026-11-26) are not reused for them.
@@ -292,8 +296,7 @@ class Cache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.data = {"results": {}, "tuning": {}, "cases": {}}
-        if self.path.is_file():
-            self.data.update(json.loads(self.path.read_text()))
+        self.data.update(load_json(self.path))
         self.dirty = False
 
     @staticmethod
@@ -318,10 +321,7 @@ class Cache:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=0, sort_keys=True))
-        os.replace(tmp, self.path)
+        save_json(self.path, self.data, indent=0, sort_keys=True)
         self.dirty = False
 
 
@@ -680,10 +680,7 @@ def fmt(v, digits):
 
 
 def replace_section(path: Path, body: str) -> None:
-    sys.path.insert(0, str(HERE))
-    from markdown_sections import replace_section as _replace
-
-    _replace(path, body, SECTION)
+    replace_report_section(path, body, SECTION)
 
 
 @dataclass

@@ -354,7 +354,7 @@ def run_stack(zyx: tuple[int, int, int], model: str, iterations: int, work: Path
 
 def replace_section(path: Path, body: str, heading: str = SECTION) -> None:
     sys.path.insert(0, str(HERE))
-    from markdown_sections import replace_section as _replace
+    from report_files import replace_section as _replace
 
     _replace(path, body, heading)
 

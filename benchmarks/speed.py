@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out is not None:
-        from markdown_sections import replace_section
+        from report_files import replace_section
 
         replace_section(args.out, table, "## Speed")
     return 0

@@ -46,7 +46,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from markdown_sections import replace_section  # noqa: E402
+from report_files import load_json, replace_section, save_json  # noqa: E402
 from scale import peak_rss  # noqa: E402
 from volumetric import OFFSET, RL_ITERATIONS, case, psfs, rl_iterates, rl_sweep, scores  # noqa: E402
 
@@ -155,13 +155,10 @@ def default_precisions() -> tuple[str, ...]:
 
 def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEED_SHAPE, precisions=("fp32",),
             log=print) -> dict:
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = load_json(cache_path)
 
     def save():
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.name + ".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, cache_path)
+        save_json(cache_path, cache)
 
     psf = psfs()["widefield"]
     stack, sharp = case(0, "widefield", PHOTONS, psf, tuple(speed_shape))

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import platform
 import sys
 import time
@@ -42,7 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from markdown_sections import replace_section  # noqa: E402
+from report_files import load_json, replace_section, save_json  # noqa: E402
 
 SECTION = "## Volumetric"
 OFFSET, READ = 100.0, 2.0
@@ -126,13 +124,10 @@ def rl_sweep(stack: np.ndarray, psf: np.ndarray, photons: float, sharp: np.ndarr
 def run(cache_path: Path, n_volumes: int, log=print) -> dict:
     from napari_fcnn_deblur import deblur
 
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = load_json(cache_path)
 
     def save():
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.name + ".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, cache_path)
+        save_json(cache_path, cache)
 
     for kind, psf in psfs().items():
         focal = psf[psf.shape[0] // 2] / psf[psf.shape[0] // 2].sum()
