@@ -43,7 +43,8 @@ Protocol (also written into the report):
 
 Results are cached per (condition, method, image, kernel) in a JSON file (a Gaussian condition's
 key is its σ, as before photon noise was added, so older results stay valid; photon noise is
-``pg<p>+<σ_r>``), so an interrupted run resumes where it stopped; the report replaces the
+``pg<p>+<σ_r>``), so an interrupted run resumes where it stopped, and several processes may share
+one cache (each save merges under a file lock: e.g. one process per noise condition on a multi-core machine); the report replaces the
 ``## Quality`` section of the output markdown file (other sections are kept).
 
 Full run (issue 14; several hours on 2 CPU threads, resumable)::
@@ -84,7 +85,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report_files import load_json, save_json  # noqa: E402
+from report_files import load_json, locked, save_json  # noqa: E402
 from report_files import replace_section as replace_report_section  # noqa: E402
 
 DEFAULT_CACHE = HERE / "results" / "quality_cache.json"
@@ -319,9 +320,21 @@ class Cache:
         self.dirty = True
 
     def save(self) -> None:
+        """Write the cache, merged with what other processes wrote to the same file meanwhile (under a lock),
+        so that several runs (e.g. one per noise condition) can share one cache."""
         if not self.dirty:
             return
-        save_json(self.path, self.data, indent=0, sort_keys=True)
+        with locked(self.path):
+            disk = load_json(self.path)
+            for section, entries in self.data.items():
+                merged = disk.setdefault(section, {})
+                for key, value in entries.items():
+                    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                        merged[key] = {**merged[key], **value}
+                    else:
+                        merged[key] = value
+            save_json(self.path, disk, indent=0, sort_keys=True)
+        self.data = disk
         self.dirty = False
 
 

@@ -3,10 +3,16 @@ and replacing one ``## Section`` of a markdown report while keeping the others."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per cache there
+    fcntl = None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -29,6 +35,21 @@ def load_json(path: Path, default=None):
 def save_json(path: Path, obj, indent: int = 1, sort_keys: bool = False) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (a result cache an interrupted run resumes from)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive advisory lock on ``path`` + ``.lock`` (processes sharing a cache take turns)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def replace_section(path: Path, body: str, heading: str) -> None:
