@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Prepared commands for a lent GPU machine (the `device` tool): each fits one call (< 10 min) and writes what it
+# makes under OUT (give $OUT there, so it comes back). Nothing is installed: the machine's python3 has torch,
+# numpy, scipy, scikit-image, safetensors, imageio and tifffile, and the package runs from src/.
+#
+#   scripts/gpu_session.sh noisemap OUT [MINUTES]  end-to-end fine-tuning of the shipped noise-map cascade with its
+#                                                  boundary refills (default 6 min), validated before and after
+#   scripts/gpu_session.sh volume OUT [MINUTES]    end-to-end fine-tuning of the shipped volume cascade (default 6 min)
+#   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
+#                                                  noise-map rows of every condition of issue 14; starts from
+#                                                  benchmarks/results/quality_cache.json when carried (name it in
+#                                                  the device call's carry: it is git-ignored), writes
+#                                                  OUT/quality_cache.json, a superset to copy back, and OUT/quality.md)
+#   scripts/gpu_session.sh speed OUT               benchmarks/speed.py on the GPU (its report in OUT/benchmarks.md)
+#
+# Afterwards, here: install a fine-tuned model only if its validation (OUT/*/train.log, val.json) beats the shipped
+# one, as docs/models.md describes. SHARED (default ../shared) is the data folder. PRESET=tiny DEVICE=cpu
+# PYTHON=python checks the noisemap and quality plumbing on any machine in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHAT="${1:?usage: scripts/gpu_session.sh noisemap|volume|quality|speed OUT [...]}"
+OUT="${2:?usage: scripts/gpu_session.sh $WHAT OUT [...]}"
+shift 2
+SHARED="${SHARED:-../shared}"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+CLI=("$PY" -m napari_fcnn_deblur.cli)
+DEVICE="${DEVICE:-cuda}"
+PRESET="${PRESET:-gpu}"  # PRESET=tiny DEVICE=cpu: a smoke test of the plumbing on any machine
+case "$WHAT" in
+  noisemap)
+    MIN="${1:-6}"
+    "${CLI[@]}" train-noisemap --preset "$PRESET" --device "$DEVICE" --data "$SHARED/data/train/train400" \
+      --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
+      --init-from src/napari_fcnn_deblur/models/noisemap_cascade.safetensors --start-at finetune \
+      --minutes-finetune "$MIN" --refills 3 2>&1 | tee -a "$OUT/noisemap.log"
+    ;;
+  volume)
+    MIN="${1:-6}"
+    "$PY" -m napari_fcnn_deblur.training.volumetric --preset "$PRESET" --device "$DEVICE" --out "$OUT/volume" \
+      --init-from src/napari_fcnn_deblur/models/volume_cascade.safetensors --start-at finetune \
+      --minutes-finetune "$MIN" 2>&1 | tee -a "$OUT/volume.log"
+    ;;
+  quality)
+    CACHE="benchmarks/results/quality_cache.json"
+    if [ -f "$CACHE" ]; then cp "$CACHE" "$OUT/quality_cache.json"; fi
+    ARGS=("$@")
+    if [ ${#ARGS[@]} -eq 0 ]; then
+      ARGS=(--levels 0.005 0.01 0.02 0.03 0.05 0.07 0.1 0.15 --photons 30 100 300 --methods noisemap noisemap-auto)
+    fi
+    "$PY" benchmarks/quality.py --val "$SHARED/data/val/set12" --kernels "$SHARED/data/kernels/levin" \
+      --reference "$SHARED/reference/fcnn-cvpr17-official/models" --read-noise 0.005 --device "$DEVICE" \
+      --cache "$OUT/quality_cache.json" --out "$OUT/quality.md" "${ARGS[@]}" 2>&1 | tee -a "$OUT/quality.log"
+    ;;
+  speed)
+    "$PY" benchmarks/speed.py --out "$OUT/benchmarks.md" 2>&1 | tee -a "$OUT/speed.log"
+    ;;
+  *)
+    echo "unknown command $WHAT (noisemap, volume, quality, speed)" >&2
+    exit 2
+    ;;
+esac
