@@ -5,6 +5,8 @@
 #
 #   scripts/gpu_session.sh noisemap OUT [MINUTES]  end-to-end fine-tuning of the shipped noise-map cascade with its
 #                                                  boundary refills (default 6 min), validated before and after
+#   scripts/gpu_session.sh noisemap4 OUT [MINUTES]  a 4th stage for it (a copy of stage 3, trained stage-wise for
+#                                                  MINUTES/2, default 8 in all), then all four end to end
 #   scripts/gpu_session.sh volume OUT [MINUTES]    end-to-end fine-tuning of the shipped volume cascade (default 6 min)
 #   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
 #                                                  noise-map rows of every condition of issue 14; starts from
@@ -18,7 +20,7 @@
 # PYTHON=python checks the noisemap and quality plumbing on any machine in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT="${1:?usage: scripts/gpu_session.sh noisemap|volume|quality|speed OUT [...]}"
+WHAT="${1:?usage: scripts/gpu_session.sh noisemap|noisemap4|volume|quality|speed OUT [...]}"
 OUT="${2:?usage: scripts/gpu_session.sh $WHAT OUT [...]}"
 shift 2
 SHARED="${SHARED:-../shared}"
@@ -35,6 +37,14 @@ case "$WHAT" in
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
       --init-from src/napari_fcnn_deblur/models/noisemap_cascade.safetensors --start-at finetune \
       --minutes-finetune "$MIN" --refills 3 2>&1 | tee -a "$OUT/noisemap.log"
+    ;;
+  noisemap4)
+    MIN="${1:-8}"
+    HALF=$("$PY" -c "print(${MIN} / 2)")
+    "${CLI[@]}" train-noisemap --preset "$PRESET" --device "$DEVICE" --data "$SHARED/data/train/train400" \
+      --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap4" \
+      --init-from src/napari_fcnn_deblur/models/noisemap_cascade.safetensors --stages 4 --start-at stage4 \
+      --minutes-stage "0,0,0,$HALF" --minutes-finetune "$HALF" --refills 3 2>&1 | tee -a "$OUT/noisemap4.log"
     ;;
   volume)
     MIN="${1:-6}"
@@ -57,7 +67,7 @@ case "$WHAT" in
     "$PY" benchmarks/speed.py --out "$OUT/benchmarks.md" 2>&1 | tee -a "$OUT/speed.log"
     ;;
   *)
-    echo "unknown command $WHAT (noisemap, volume, quality, speed)" >&2
+    echo "unknown command $WHAT (noisemap, noisemap4, volume, quality, speed)" >&2
     exit 2
     ;;
 esac

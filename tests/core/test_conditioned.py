@@ -117,3 +117,39 @@ def test_map_reaches_the_networks_through_the_stage_loop():
         stage0 = [next(iter(casc.run(y, k, m))).image for m in (flat, striped)]
     torch.testing.assert_close(stage0[0], stage0[1])
     assert (a - b).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("cls_name", ["planar", "volume"])
+def test_extended_cascade_keeps_the_first_stages_and_copies_the_last(cls_name):
+    from napari_fcnn_deblur.core.volumetric import VolumeCascade
+
+    torch.manual_seed(0)
+    cls = NoiseMapCascade if cls_name == "planar" else VolumeCascade
+    casc = cls(2, width=4, metadata={"boundary_refills": "1", "note": "x"})
+    with torch.no_grad():
+        casc.gamma_coeffs.copy_(torch.randn(3, 3))
+    casc.eval()
+    deep = casc.extended(4)
+    assert type(deep) is cls and deep.n_stages == 4 and deep.width == 4 and not deep.training
+    assert deep.metadata == casc.metadata and deep.refills == 1
+    torch.testing.assert_close(deep.gamma_coeffs[:3], casc.gamma_coeffs, rtol=0, atol=0)
+    for row in (3, 4):  # the new deconvolutions start with the last one's γ(σ)
+        torch.testing.assert_close(deep.gamma_coeffs[row], casc.gamma_coeffs[2], rtol=0, atol=0)
+    for s, src in enumerate([0, 1, 1, 1]):
+        for p, q in zip(deep.denoisers[s].parameters(), casc.denoisers[src].parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # a copy, not a view: training the new cascade leaves the old one as it was
+    with torch.no_grad():
+        next(deep.denoisers[0].parameters()).add_(1.0)
+    assert not torch.equal(next(deep.denoisers[0].parameters()), next(casc.denoisers[0].parameters()))
+    if cls_name == "planar":  # the first stages of a run are the old cascade's, bit for bit
+        y, k, sd = torch.rand(1, 24, 26), torch.ones(3, 3) / 9, torch.full((1, 24, 26), 0.03)
+        deep = casc.extended(3)
+        with torch.no_grad():
+            old = [o.image for o in casc.run(y, k, sd)]
+            new = [o.image for o in deep.run(y, k, sd)]
+        assert len(new) == 4
+        for a, b in zip(old, new[:3]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stages"):
+        casc.extended(1)

@@ -163,3 +163,45 @@ def test_snapshot_of_an_interrupted_finetuning_is_a_validated_model(tmp_path):
     # the run resumes and finishes as if nothing happened
     train_noisemap(*args, tmp_path, cfg, dev, log=logs.append, models_dir=MODELS)
     assert (tmp_path / "noisemap_cascade.safetensors").is_file()
+
+
+def test_stages_flag_sets_the_depth_and_extends_the_budgets():
+    from napari_fcnn_deblur.cli.commands import build_parser
+    from napari_fcnn_deblur.training.noisemap import config_from_args
+
+    base = ["train-noisemap", "--data", "d", "--val", "v", "--val-kernels", "k", "--out", "o"]
+    cfg = config_from_args(build_parser().parse_args(base + ["--stages", "5", "--start-at", "stage4"]))
+    assert cfg.n_stages == 5 and cfg.stage_minutes == NMConfig().stage_minutes + (NMConfig().stage_minutes[-1],) * 2
+    cfg = config_from_args(build_parser().parse_args(base + ["--stages", "4", "--minutes-stage", "1,1,1,9"]))
+    assert cfg.n_stages == 4 and cfg.stage_minutes == (1.0, 1.0, 1.0, 9.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--start-at", "stage0"])
+
+
+@pytest.mark.skipif(not (DATA / "train" / "train400").is_dir(), reason="shared training data not present")
+def test_a_deeper_cascade_grows_from_a_committed_file(tmp_path):
+    """--stages 3 from a 2-stage file: stage 3 starts as a copy of stage 2, only it trains stage-wise."""
+    cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, val_size=32, stage_steps=2, finetune_steps=0,
+                  finetune_minutes=0.0, val_conditions=(("gauss", 0.03),), n_stages=2, stage_minutes=(0.0, 0.0))
+    args = (DATA / "train" / "train400", DATA / "val" / "set12", DATA / "kernels" / "levin")
+    dev, logs = torch.device("cpu"), []
+    train_noisemap(*args, tmp_path / "a", cfg, dev, models_dir=MODELS)
+    start = tmp_path / "a" / "noisemap_cascade.safetensors"
+    deep_cfg = replace(cfg, n_stages=3, stage_minutes=(0.0, 0.0, 0.0))
+    record = train_noisemap(*args, tmp_path / "b", deep_cfg, dev, log=logs.append, models_dir=MODELS,
+                            init_from=start, start_at="stage3")
+    assert set(record) == {"init_noisemap_cascade", "stage3"}
+    assert any("2 stages → 3" in m for m in logs)
+    assert len(record["stage3"]["noisemap_per_stage"]["gauss 3%"]) == 4  # stage 0 … 3
+    two, three = load_cascade(start), load_cascade(tmp_path / "b" / "noisemap_cascade.safetensors")
+    assert three.n_stages == 3
+    for s in range(2):  # the warm-started stages were not trained
+        for p, q in zip(three.denoisers[s].parameters(), two.denoisers[s].parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    grown = load_cascade(tmp_path / "b" / "after_init_noisemap_cascade.safetensors")
+    for p, q in zip(grown.denoisers[2].parameters(), two.denoisers[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)  # the new stage started as a copy of the last
+    assert any(not torch.equal(p, q) for p, q in zip(three.denoisers[2].parameters(), two.denoisers[1].parameters()))
+    with pytest.raises(ValueError, match="at most 1 stages"):
+        train_noisemap(*args, tmp_path / "c", replace(cfg, n_stages=1, stage_minutes=(0.0,)), dev,
+                       models_dir=MODELS, init_from=start)

@@ -154,6 +154,26 @@ class NoiseMapCascade(Cascade):
         """γ schedule at the reference level :data:`SIGMA_REF` (n + 1,)."""
         return self.gamma_coeffs[:, 0].exp()
 
+    def extended(self, n_stages: int) -> "NoiseMapCascade":
+        """A copy with ``n_stages`` stages: the first ``self.n_stages`` as they are, every new stage a copy of
+        the last stage's network and every new deconvolution the last one's γ(σ) coefficients.
+
+        The start of a deeper cascade (train the new stages stage-wise, then all end to end).  The copy
+        keeps the class (a :class:`~.volumetric.VolumeCascade` stays one), the metadata and the device.
+        """
+        n = self.n_stages
+        if not isinstance(n_stages, int) or n_stages < n:
+            raise ValueError(f"n_stages must be an integer ≥ the cascade's {n} stages, got {n_stages!r}")
+        if n < 1:
+            raise ValueError("a cascade without stages has no stage to copy")
+        out = type(self)(n_stages, width=self.width, metadata=dict(self.metadata)).to(self.gamma_coeffs.device)
+        with torch.no_grad():
+            out.gamma_coeffs[: n + 1].copy_(self.gamma_coeffs)
+            out.gamma_coeffs[n + 1 :].copy_(self.gamma_coeffs[n])
+            for s in range(n_stages):
+                out.denoisers[s].load_state_dict(self.denoisers[min(s, n - 1)].state_dict())
+        return out.train(self.training)
+
     def run(
         self,
         y: torch.Tensor | None = None,

@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -449,9 +450,10 @@ def _table(nm: dict, base: dict) -> str:
 
 
 def initial_cascade(cfg: NMConfig, models_dir: Path) -> NoiseMapCascade:
-    """From the shipped cascades (width 64, 3 stages), else fitted γ(σ) and random FCNNs (map weights zero)."""
-    if cfg.width == 64 and cfg.n_stages == 3:
-        return NoiseMapCascade.from_plain_cascades(shipped_cascades(models_dir))
+    """From the shipped cascades (width 64, 3 stages; more stages: copies of the last, see
+    :meth:`NoiseMapCascade.extended`), else fitted γ(σ) and random FCNNs (map weights zero)."""
+    if cfg.width == 64 and cfg.n_stages >= 3:
+        return NoiseMapCascade.from_plain_cascades(shipped_cascades(models_dir)).extended(cfg.n_stages)
     torch.manual_seed(cfg.seed)
     casc = NoiseMapCascade(cfg.n_stages, width=cfg.width)
     shipped = shipped_cascades(models_dir)  # after the seeded nets: the same random start as before the port
@@ -463,8 +465,16 @@ def initial_cascade(cfg: NMConfig, models_dir: Path) -> NoiseMapCascade:
     return casc.eval()
 
 
-#: The phases of a run, in order (names of their after_<phase>.safetensors files).
-PHASES: tuple[str, ...] = ("stage1", "stage2", "stage3", "finetune")
+def phase_names(n_stages: int) -> tuple[str, ...]:
+    """The phases of a run of an ``n_stages`` cascade, in order (names of their after_<phase>.safetensors files)."""
+    return tuple(f"stage{s}" for s in range(1, n_stages + 1)) + ("finetune",)
+
+
+def phase_name(text: str) -> str:
+    """``text`` if it names a phase (``stage<k>``, k ≥ 1, or ``finetune``): the type of ``--start-at``."""
+    if text == "finetune" or re.fullmatch(r"stage[1-9][0-9]*", text):
+        return text
+    raise argparse.ArgumentTypeError(f"a phase is stage1, stage2, … or finetune, got {text!r}")
 
 
 def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, device: torch.device, log=print,
@@ -473,13 +483,14 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
 
     ``init_from``: a noise-map cascade file (e.g. an earlier run's ``after_stage2.safetensors``, committed
     to the repository) to warm-start from instead of the shipped cascades; ``start_at``: the first phase
-    to train (:data:`PHASES`; earlier ones are taken as done).  This is how a run continues on another
+    to train (:func:`phase_names`; earlier ones are taken as done).  This is how a run continues on another
     machine, where the earlier run's checkpoints are gone.
     Raises :class:`Interrupted` when ``stop`` asks to stop (after saving the checkpoint).
     """
-    if start_at is not None and start_at not in PHASES:
-        raise ValueError(f"start_at must be one of {PHASES}, got {start_at!r}")
-    first = PHASES.index(start_at) if start_at else 0
+    phases = phase_names(cfg.n_stages)
+    if start_at is not None and start_at not in phases:
+        raise ValueError(f"start_at must be one of {phases}, got {start_at!r}")
+    first = phases.index(start_at) if start_at else 0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     models_dir = Path(models_dir) if models_dir else Path(__file__).resolve().parents[1] / "models"
@@ -519,10 +530,13 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
 
         if init_from is not None:
             cascade = load_cascade(init_from)
-            if not isinstance(cascade, NoiseMapCascade) or cascade.n_stages != cfg.n_stages:
-                raise ValueError(f"{init_from} is not a {cfg.n_stages}-stage noise-map cascade")
+            if not isinstance(cascade, NoiseMapCascade) or cascade.n_stages > cfg.n_stages:
+                raise ValueError(f"{init_from} is not a noise-map cascade of at most {cfg.n_stages} stages")
+            if cascade.n_stages < cfg.n_stages:
+                lg(f"{init_from}: {cascade.n_stages} stages → {cfg.n_stages} (new stages start as copies of the last)")
+                cascade = cascade.extended(cfg.n_stages)
             cascade = cascade.to(device)
-            lg(f"warm start from {init_from}; phases from {PHASES[first]} on")
+            lg(f"warm start from {init_from}; phases from {phases[first]} on")
         else:
             cascade = initial_cascade(cfg, models_dir).to(device)
         if cfg.refills != cascade.refills:
@@ -545,7 +559,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
 
         checkpoint_phase("init" if init_from is None else f"init_{Path(init_from).stem}")
         for s in range(1, cfg.n_stages + 1):
-            if PHASES.index(f"stage{s}") < first:
+            if phases.index(f"stage{s}") < first:
                 continue
             train_stage(cascade, s, NoiseMapSource(images, cfg, f"NMS{s}"), cfg, out_dir / f"stage{s}.pt", device,
                         lg, stop)
@@ -632,7 +646,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shrink the preset to a few steps of tiny patches (smoke test of e.g. --preset gpu on a CPU)")
     p.add_argument("--init-from", default=None,
                    help="warm start: a noise-map cascade file (e.g. a committed after_stage2.safetensors)")
-    p.add_argument("--start-at", choices=PHASES, default=None, help="with --init-from: the first phase to train")
+    p.add_argument("--start-at", type=phase_name, default=None,
+                   help="with --init-from: the first phase to train (stage1, stage2, … or finetune)")
+    p.add_argument("--stages", type=int, default=None,
+                   help="FCNN stages of the cascade (default 3); a cascade with fewer (--init-from, or the shipped "
+                        "3-stage start) is extended by copies of its last stage, e.g. --stages 4 --start-at stage4")
     p.add_argument("--snapshot", action="store_true",
                    help="do not train: write the fine-tuning checkpoint of --out as a model file and validate it")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after N steps
@@ -653,6 +671,13 @@ def config_from_args(args) -> NMConfig:
     for name in ("workers", "seed", "patch", "batch", "val_images", "refills"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
+    if getattr(args, "stages", None) is not None:
+        if args.stages < 1:
+            raise SystemExit(f"--stages must be at least 1, got {args.stages}")
+        upd["n_stages"] = args.stages
+        if args.minutes_stage is None:  # the preset's budgets, the last one repeated for added stages
+            m = cfg.stage_minutes
+            upd["stage_minutes"] = tuple(m[min(i, len(m) - 1)] for i in range(args.stages))
     cfg = replace(cfg, **upd)
     if len(cfg.stage_minutes) != cfg.n_stages:
         raise SystemExit(f"--minutes-stage needs {cfg.n_stages} values, got {len(cfg.stage_minutes)}")

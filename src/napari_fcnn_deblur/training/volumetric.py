@@ -62,7 +62,7 @@ from ..core.volumetric import VolumeCascade
 from ..data.phantoms import BENCHMARK_SEED_START, random_phantom_3d
 from ..data.psf3d import confocal_psf_3d, widefield_psf_3d
 from ..io.models import load_cascade, save_cascade
-from .noisemap import Interrupted, Phase, StopControl, run_phase
+from .noisemap import Interrupted, Phase, StopControl, phase_name, phase_names, run_phase
 from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
 
@@ -295,9 +295,6 @@ def validate(cascade: VolumeCascade, val: list[dict], device) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-PHASES: tuple[str, ...] = ("stage1", "stage2", "stage3", "finetune")
-
-
 def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=print, stop: StopControl | None = None,
                  start_at: str | None = None) -> dict:
     """Run (or resume) every phase into ``out_dir``; returns the validation record (also in val.json).
@@ -306,7 +303,10 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
     cascade (continue: e.g. an earlier run's committed ``after_stage2.safetensors`` with
     ``start_at="stage3"``).
     """
-    first = PHASES.index(start_at) if start_at else 0
+    phases = phase_names(cfg.n_stages)
+    if start_at is not None and start_at not in phases:
+        raise ValueError(f"start_at must be one of {phases}, got {start_at!r}")
+    first = phases.index(start_at) if start_at else 0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or StopControl()
@@ -351,7 +351,7 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
 
         checkpoint_phase("init" if first == 0 else f"init_{Path(init_from).stem}")
         for s in range(1, cfg.n_stages + 1):
-            if PHASES.index(f"stage{s}") < first:
+            if phases.index(f"stage{s}") < first:
                 continue
             train_stage(cascade, s, VolumeSource(cfg, f"VOL{s}"), cfg, out_dir / f"stage{s}.pt", device, lg, stop)
             checkpoint_phase(f"stage{s}")
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="train the volumetric cascade on synthetic z-stacks (resumable)")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", required=True, help="2D noise-map cascade (warm start) or a volume cascade")
-    p.add_argument("--start-at", choices=PHASES, default=None)
+    p.add_argument("--start-at", type=phase_name, default=None, help="the first phase to train (stage1, … or finetune)")
     p.add_argument("--preset", choices=("cpu", "gpu", "tiny"), default="cpu")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
