@@ -127,3 +127,26 @@ def test_channels_get_their_slice_of_the_noise_map_and_dask_follows_the_estimate
     da = pytest.importorskip("dask.array")
     lazy = deblur(da.from_array(img, chunks=(1,) + a.shape), k, noise_level="auto", **kw).compute()
     np.testing.assert_allclose(lazy, deblur(img, k, noise_level="auto", **kw), atol=1e-5)
+
+
+def test_a_callers_noise_map_is_never_aliased_and_read_only_maps_run_quietly():
+    """One plane's map (the engine broadcasts it) or a read-only one: no torch warning, the caller's array
+    untouched and not shared with the run; the same result as a writable copy."""
+    import warnings
+
+    k = _kernel()
+    blurry, _ = blur_valid(_sharp(64), k, 0.03, seed=2)
+    sd = np.full(blurry.shape, 0.03, np.float32)
+    frozen = sd.copy()
+    frozen.setflags(write=False)
+    kw = dict(model="noisemap", intensity_range=(0, 1), device="cpu", iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a read-only array
+        out_frozen = deblur(blurry, k, noise_level=frozen, **kw)
+        out_stack = deblur(np.stack([blurry, blurry]), k, noise_level=frozen, **kw)  # one plane's map, 2 planes
+    out = deblur(blurry, k, noise_level=sd, **kw)
+    np.testing.assert_array_equal(out_frozen, out)
+    np.testing.assert_array_equal(out_stack[1], out)
+    run = DeblurRun.prepare(blurry, k, noise_level=sd, **kw)
+    assert not np.shares_memory(run.noise.sd_map, sd)
+    np.testing.assert_array_equal(sd, np.float32(0.03))

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def tensor_on(array, device: "str | torch.device", dtype=np.float32) -> torch.Tensor:
+    """``array`` as a ``dtype`` tensor on ``device``.
+
+    A contiguous, writable array of that dtype is shared on the CPU (no copy); anything else (read-only
+    arrays such as broadcast views or memory maps, other dtypes, strided views) is copied first, so the
+    tensor never aliases memory that must not be written.
+    """
+    a = np.asarray(array)
+    if a.dtype != dtype or not a.flags.c_contiguous or not a.flags.writeable:
+        a = np.array(a, dtype=dtype, order="C", copy=True)
+    return torch.from_numpy(a).to(device)
 
 
 def available_devices() -> list[str]:

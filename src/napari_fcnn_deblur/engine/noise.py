@@ -192,7 +192,7 @@ def noise_map_level(noise_map, layout: PlaneLayout) -> NoiseLevel:
             f"{tuple(layout.plane_shape)} (the noise s.d. of every pixel on the [0, 1] scale; one level per "
             "channel needs channel_axis)"
         )
-    planes = np.ascontiguousarray(planes, dtype=np.float32)
+    planes = np.array(planes, dtype=np.float32, order="C", copy=True)  # the run's own: the caller's map is never aliased
     if not np.all(np.isfinite(planes)):
         raise ValueError("the noise map contains NaN or infinite values")
     lo, hi = float(planes.min()), float(planes.max())

@@ -33,7 +33,7 @@ from ..core.conditioned import NoiseMapCascade, network_condition
 from ..core.solver import kernel_spectra, prepare_problem
 from ..core.spectral import padding_geometry
 from ..io.models import ModelChoice, select_model
-from .devices import check_precision, resolve_device
+from .devices import check_precision, resolve_device, tensor_on
 from .intensity import IntensityScaling, intensity_scaling
 from .kernels import prepare_kernel
 from .layout import PlaneLayout
@@ -390,7 +390,7 @@ class DeblurRun:
                                             keep_gradients=keep_gradients)
                 return
             sd = self.noise.sd_planes(planes, sl)
-            sd = sd if isinstance(sd, float) else torch.from_numpy(np.ascontiguousarray(sd)).to(fdev)
+            sd = sd if isinstance(sd, float) else tensor_on(sd, fdev)
             yield from self.cascade.run(noise_map=sd, iterations=self.iterations, problem=problem,
                                         autocast_dtype=self.autocast_dtype, keep_gradients=keep_gradients,
                                         denoise=tiles_with_map if tiled else None)

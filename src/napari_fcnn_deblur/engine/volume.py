@@ -40,7 +40,7 @@ from ..core.solver import kernel_spectra, prepare_problem
 from ..core.spectral import padding_geometry
 from ..core.volumetric import VolumeCascade
 from ..io.models import MODEL_NAMES, load_cached, volume_model_path
-from .devices import check_precision, resolve_device
+from .devices import check_precision, resolve_device, tensor_on
 from .intensity import IntensityScaling, intensity_scaling
 from .kernels import kernel_on_grid
 from .layout import PlaneLayout
@@ -182,7 +182,7 @@ class VolumeRun:
         tile = self.tile_size(shape)
         fdev = fft_device(shape, self.options.kernel.shape, self.device, tile)
         y = sc.forward(vol)
-        sd = torch.from_numpy(np.ascontiguousarray(self._sd(y, index, n_volumes)))[None].to(fdev)
+        sd = tensor_on(self._sd(y, index, n_volumes), fdev)[None]
         gammas = self.cascade.gammas_at(torch.sqrt(sd.square().mean()))[:, 0].tolist()
         spectra = kernel_spectra(torch.from_numpy(self.options.kernel).to(fdev), shape)
         problem = prepare_problem(torch.from_numpy(y)[None].to(fdev), spectra=spectra)
