@@ -44,8 +44,9 @@ Protocol (also written into the report):
 Results are cached per (condition, method, image, kernel) in a JSON file (a Gaussian condition's
 key is its σ, as before photon noise was added, so older results stay valid; photon noise is
 ``pg<p>+<σ_r>``), so an interrupted run resumes where it stopped, and several processes may share
-one cache (each save merges under a file lock: e.g. one process per noise condition on a multi-core machine); the report replaces the
-``## Quality`` section of the output markdown file (other sections are kept).
+one cache (each save merges under a file lock: e.g. one process per noise condition on a multi-core
+machine); the report replaces the ``## Quality`` section of the output markdown file (other sections
+are kept).
 
 Full run (issue 14; several hours on 2 CPU threads, resumable)::
 
@@ -425,7 +426,7 @@ def load_models(args) -> Models:
         path = args.noisemap_model or noisemap_model_path()
         if path.is_file():
             noisemap = CascadeMethod("noise-map", f"noisemap@{file_digest([path])}{ENGINE_TAG}", load_cascade(path),
-                                     path=path)
+                                     path=path, device=args.device)
         else:
             missing["noisemap"] = f"not installed (`{path}`)"
     per_level, bf16, authors = {}, {}, {}
@@ -435,10 +436,11 @@ def load_models(args) -> Models:
             path = (args.model_dir / f"fcnn_noise{lv:.2f}.safetensors") if args.model_dir else shipped_model_path(lv)
             if path.is_file():
                 digest = file_digest([path])
-                per_level[lv] = CascadeMethod("per-level", f"ours@{digest}{ENGINE_TAG}", load_cascade(path), path=path)
+                per_level[lv] = CascadeMethod("per-level", f"ours@{digest}{ENGINE_TAG}", load_cascade(path), path=path,
+                                              device=args.device)
                 if args.bf16:
                     bf16[lv] = CascadeMethod("per-level-bf16", f"ours-bf16@{digest}{ENGINE_TAG}", per_level[lv].cascade,
-                                             precision="bf16", path=path)
+                                             precision="bf16", path=path, device=args.device)
             else:
                 missing[("per-level", lv)] = f"not installed (`{path}`)"
         if "authors" in want:
@@ -451,12 +453,9 @@ def load_models(args) -> Models:
                 from napari_fcnn_deblur.io.matconvnet import load_matconvnet_cascade
 
                 authors[lv] = CascadeMethod("authors", f"released@{file_digest(rdir.glob('*.mat'))}{ENGINE_TAG}",
-                                            load_matconvnet_cascade(rdir), path=rdir)
+                                            load_matconvnet_cascade(rdir), path=rdir, device=args.device)
             else:
                 missing[("authors", lv)] = "not available" + ("" if args.reference else " (no --reference)")
-    for m in [noisemap, *per_level.values(), *bf16.values(), *authors.values()]:
-        if m is not None:
-            m.device = args.device
     return Models(noisemap, per_level, bf16, authors, missing)
 
 
@@ -649,11 +648,11 @@ def main(argv=None) -> int:
     baselines = [m for m in args.methods if m in ("wiener", "rl", "hl")]
     tunings: dict[tuple[str, str], dict] = {}
     seconds: dict[str, tuple[float, int]] = {}
-    if args.report_only:
-        for cond in conds:
+    if args.report_only:  # the baselines' tuned parameters only as far as the cache has them
+        for cond in conds if baselines else []:
             for fam, kernels in families:
                 t = tuned_parameters(cache, cond, fam, kernels, tune_name, tune_img, grids, args.seed, cached_only=True)
-                if baselines and t is not None:
+                if t is not None:
                     tunings[cond.key, fam] = t
         conds_to_run = []
     else:

@@ -477,6 +477,15 @@ def phase_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"a phase is stage1, stage2, … or finetune, got {text!r}")
 
 
+def start_index(start_at: str | None, n_stages: int) -> int:
+    """Index in :func:`phase_names` of the first phase to train (0 for None): stage k is index k − 1, so a
+    run trains stages ``start_index + 1 … n_stages`` and then fine-tunes."""
+    phases = phase_names(n_stages)
+    if start_at is not None and start_at not in phases:
+        raise ValueError(f"start_at must be one of {phases}, got {start_at!r}")
+    return phases.index(start_at) if start_at else 0
+
+
 def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, device: torch.device, log=print,
                    stop: StopControl | None = None, models_dir=None, init_from=None, start_at: str | None = None) -> dict:
     """Run (or resume) every phase into ``out_dir``; returns the validation record (also in val.json).
@@ -487,10 +496,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
     machine, where the earlier run's checkpoints are gone.
     Raises :class:`Interrupted` when ``stop`` asks to stop (after saving the checkpoint).
     """
-    phases = phase_names(cfg.n_stages)
-    if start_at is not None and start_at not in phases:
-        raise ValueError(f"start_at must be one of {phases}, got {start_at!r}")
-    first = phases.index(start_at) if start_at else 0
+    first = start_index(start_at, cfg.n_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     models_dir = Path(models_dir) if models_dir else Path(__file__).resolve().parents[1] / "models"
@@ -536,7 +542,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                 lg(f"{init_from}: {cascade.n_stages} stages → {cfg.n_stages} (new stages start as copies of the last)")
                 cascade = cascade.extended(cfg.n_stages)
             cascade = cascade.to(device)
-            lg(f"warm start from {init_from}; phases from {phases[first]} on")
+            lg(f"warm start from {init_from}; phases from {phase_names(cfg.n_stages)[first]} on")
         else:
             cascade = initial_cascade(cfg, models_dir).to(device)
         if cfg.refills != cascade.refills:
@@ -558,9 +564,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                 lg(f"validation after {phase} ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
 
         checkpoint_phase("init" if init_from is None else f"init_{Path(init_from).stem}")
-        for s in range(1, cfg.n_stages + 1):
-            if phases.index(f"stage{s}") < first:
-                continue
+        for s in range(first + 1, cfg.n_stages + 1):
             train_stage(cascade, s, NoiseMapSource(images, cfg, f"NMS{s}"), cfg, out_dir / f"stage{s}.pt", device,
                         lg, stop)
             checkpoint_phase(f"stage{s}")
@@ -671,7 +675,7 @@ def config_from_args(args) -> NMConfig:
     for name in ("workers", "seed", "patch", "batch", "val_images", "refills"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
-    if getattr(args, "stages", None) is not None:
+    if args.stages is not None:
         if args.stages < 1:
             raise SystemExit(f"--stages must be at least 1, got {args.stages}")
         upd["n_stages"] = args.stages

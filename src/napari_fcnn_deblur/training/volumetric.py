@@ -62,7 +62,7 @@ from ..core.volumetric import VolumeCascade
 from ..data.phantoms import BENCHMARK_SEED_START, random_phantom_3d
 from ..data.psf3d import confocal_psf_3d, widefield_psf_3d
 from ..io.models import load_cascade, save_cascade
-from .noisemap import Interrupted, Phase, StopControl, phase_name, phase_names, run_phase
+from .noisemap import Interrupted, Phase, StopControl, phase_name, run_phase, start_index
 from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
 
@@ -303,10 +303,7 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
     cascade (continue: e.g. an earlier run's committed ``after_stage2.safetensors`` with
     ``start_at="stage3"``).
     """
-    phases = phase_names(cfg.n_stages)
-    if start_at is not None and start_at not in phases:
-        raise ValueError(f"start_at must be one of {phases}, got {start_at!r}")
-    first = phases.index(start_at) if start_at else 0
+    first = start_index(start_at, cfg.n_stages)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or StopControl()
@@ -350,9 +347,7 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
                 lg(f"validation after {phase} ({time.time() - t:.0f} s): PSNR blurry, stage 0…n\n{lines}")
 
         checkpoint_phase("init" if first == 0 else f"init_{Path(init_from).stem}")
-        for s in range(1, cfg.n_stages + 1):
-            if phases.index(f"stage{s}") < first:
-                continue
+        for s in range(first + 1, cfg.n_stages + 1):
             train_stage(cascade, s, VolumeSource(cfg, f"VOL{s}"), cfg, out_dir / f"stage{s}.pt", device, lg, stop)
             checkpoint_phase(f"stage{s}")
         if cfg.finetune_minutes or cfg.finetune_steps:
