@@ -22,6 +22,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference" / "fcnn-cvpr17-official"
 
 
+# Under pytest-xdist every worker is a process of its own: share the cores among them instead of each
+# running torch's default (all cores), which would oversubscribe them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow first: with pytest-xdist's work stealing the long ones start at once and the
+    short ones fill the other workers around them (serially, the order does not matter)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """A test (e.g. a benchmark script run in-process with --threads 1) must not slow down the ones after it."""
