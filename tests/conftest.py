@@ -25,7 +25,8 @@ REFERENCE = SHARED / "reference" / "fcnn-cvpr17-official"
 # Under pytest-xdist every worker is a process of its own: share the cores among them instead of each
 # running torch's default (all cores), which would oversubscribe them.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def pytest_collection_modifyitems(config, items):
