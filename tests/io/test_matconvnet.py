@@ -6,7 +6,6 @@ Skipped when ../shared/reference (not part of the package) is absent.
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from conftest import REFERENCE
 from napari_fcnn_deblur import deblur_stages
@@ -70,7 +69,7 @@ def test_every_stage_of_every_level_imports_the_released_arrays():
         assert cascade.n_stages == 3
         for s in range(3):
             layers = loadmat(folder / f"iter{s + 1}_weights.mat", squeeze_me=True)["weights"]
-            convs = [m for m in cascade.denoisers[s].modules() if isinstance(m, torch.nn.Conv2d)]
+            convs = list(cascade.denoisers[s].convs)
             assert len(convs) == len(layers) == 6
             for conv, entry in zip(convs, layers):
                 w, b = entry["weights"]
