@@ -13,7 +13,7 @@ Protocol (also written into the report):
    peak resident memory (``VmHWM``, :func:`scale.peak_rss`: the interpreter, torch, the input and
    the output included), its resident memory before the call, and the wall time of the call.
 3. Speed (one 64 × 256 × 256 volume, side by side in one run): ``deblur(stack, psf,
-   noise_level="auto", precision=P)`` with the shipped volume cascade, 3 stages, for P = fp32 and
+   noise_level="auto", precision=P)`` with the shipped volume cascade (or ``--model FILE``), 3 stages, for P = fp32 and
    bf16; 3D Richardson–Lucy as in ``benchmarks/volumetric.py`` (``rl_iterates``: skimage's update,
    edge padding), its iteration count chosen by PSNR against the phantom over the counts of that
    benchmark (an oracle), then timed in its own child for exactly that count.  Scores: PSNR / SSIM
@@ -109,7 +109,7 @@ def child_main(args) -> int:
             from napari_fcnn_deblur.engine.volume import VolumeRun
 
             run = VolumeRun.prepare(stack, psf, "auto", iterations=args.iterations, device="cpu",
-                                    precision=args.precision)
+                                    precision=args.precision, model=args.model)
             rec["tile_size"] = run.tile_size(stack.shape)
             out = run.deblur(stack)
         rec["sec"] = time.perf_counter() - t0
@@ -153,9 +153,26 @@ def default_precisions() -> tuple[str, ...]:
     return ("fp32", "bf16") if has_fast_bf16(torch.device("cpu")) else ("fp32",)
 
 
+def model_info(model: str | None) -> dict:
+    """The volume cascade measured: its file, digest, width and multiply-adds per padded voxel and stage
+    (three directions, each one FCNN pass)."""
+    from napari_fcnn_deblur.core.denoiser import ARCHITECTURE
+    from napari_fcnn_deblur.io.models import file_digest, load_cascade, volume_model_path
+
+    path = Path(model) if model else volume_model_path()
+    casc = load_cascade(path)
+    w, cin, macs = casc.width, 2, 0
+    for i, (k, _) in enumerate(ARCHITECTURE):
+        cout = 1 if i == len(ARCHITECTURE) - 1 else w
+        macs += k * k * cin * cout
+        cin = cout
+    return {"file": path.name, "digest": file_digest(path)[:10], "width": w, "macs_per_voxel_stage": 3 * macs}
+
+
 def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEED_SHAPE, precisions=("fp32",),
-            log=print) -> dict:
+            log=print, model: str | None = None) -> dict:
     cache = load_json(cache_path)
+    extra_model = ("--model", str(model)) if model else ()
 
     def save():
         save_json(cache_path, cache)
@@ -169,7 +186,8 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if speed:
-            rec = {"shape": list(speed_shape), "run": meta, "blurry": scores((stack - OFFSET) / PHOTONS, sharp)}
+            rec = {"shape": list(speed_shape), "run": meta, "blurry": scores((stack - OFFSET) / PHOTONS, sharp),
+                   "model": model_info(model)}
             sweep = rl_sweep(stack, psf, PHOTONS, sharp)
             best = max(sweep, key=lambda k: sweep[k][0])
             rl = run_child(work, stack, psf, threads, "rl", "--rl-iterations", str(best), output=work / "rl.npy")
@@ -177,13 +195,13 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             log(f"RL {best} it: {rl['sec']:.1f} s, {rl['peak_rss'] / GIB:.2f} GiB, {rec['rl']['scores'][0]:.2f} dB")
             for precision in precisions:
                 r = run_child(work, stack, psf, threads, "ours", "--precision", precision, "--iterations", "3",
-                              output=work / "ours.npy")
+                              *extra_model, output=work / "ours.npy")
                 r["scores"] = scores((np.load(work / "ours.npy") - OFFSET) / PHOTONS, sharp)
                 rec[precision] = r
                 log(f"ours {precision}: {r['sec']:.1f} s, {r['peak_rss'] / GIB:.2f} GiB, {r['scores'][0]:.2f} dB")
             rec["native_bf16"] = "bf16" in default_precisions()
             old = cache.get("speed", {})
-            if old.get("shape") == rec["shape"]:
+            if old.get("shape") == rec["shape"] and old.get("model") == rec["model"]:
                 rec = {**old, **rec}
             cache["speed"] = rec
             cache.setdefault("speed_runs", []).append(speed_summary(rec))
@@ -191,7 +209,7 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
         for shape, stages in sizes:
             key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}"
             r = run_child(work, stack_of(shape, stack), psf, threads, "ours", "--precision", "fp32",
-                          "--iterations", str(stages))
+                          "--iterations", str(stages), *extra_model)
             r.update(shape=list(shape), stages=stages, padded_voxels=padded_voxels(shape, psf.shape), run=meta)
             cache.setdefault("memory", {})[key] = r
             save()
@@ -202,7 +220,8 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
 def speed_summary(rec: dict) -> dict:
     """One speed run in a line of the history: its start, RL's and the cascade's seconds."""
     return {"run": rec["run"], "shape": rec["shape"], "rl_iterations": rec["rl"]["iterations"],
-            "rl_sec": rec["rl"]["sec"], **{f"{p}_sec": rec[p]["sec"] for p in ("fp32", "bf16") if p in rec}}
+            "rl_sec": rec["rl"]["sec"], "model": rec.get("model"),
+            **{f"{p}_sec": rec[p]["sec"] for p in ("fp32", "bf16") if p in rec}}
 
 
 def _load(meta: dict) -> str:
@@ -228,7 +247,7 @@ def report(cache: dict) -> str:
         "15 × 21 × 21, 100 photons, 2 e⁻ read noise, 100 ADU offset, uint16); other sizes are crops or "
         "mirrored tilings of it. Every number comes from a fresh child process: seconds of the call, peak "
         "resident memory (`VmHWM`: interpreter, torch, input and output included). Ours: "
-        "`deblur(stack, psf, noise_level=\"auto\")`, the shipped volume cascade on the CPU. RL: 3D "
+        "`deblur(stack, psf, noise_level=\"auto\")`, the volume cascade named below on the CPU. RL: 3D "
         "Richardson–Lucy as in the volumetric benchmark, its iteration count chosen by PSNR against the "
         "phantom (an oracle), then run for exactly that count.",
         "",
@@ -257,19 +276,23 @@ def report(cache: dict) -> str:
         fastest = min(sp[p]["sec"] for p in ran)
         history = [h for h in cache.get("speed_runs", []) if h["shape"] == sp["shape"]]
         if len(history) > 1:
-            lines += ["", "Every run of this comparison (start time: fp32 seconds / RL seconds = ratio): " + "; ".join(
-                f"{h['run'].get('started', '?')}: {h['fp32_sec']:.0f} / {h['rl_sec']:.1f} = "
+            lines += ["", "Every run of this comparison (start time, model width: fp32 seconds / RL seconds = ratio): "
+                + "; ".join(
+                f"{h['run'].get('started', '?')}, width {(h.get('model') or {}).get('width', 64)}: "
+                f"{h['fp32_sec']:.0f} / {h['rl_sec']:.1f} = "
                 f"{h['fp32_sec'] / h['rl_sec']:.1f}×" for h in history if "fp32_sec" in h)
                 + ". The machine is shared, so single timings vary; the table is the last run."]
         ratio = padded_voxels(sp["shape"], (15, 21, 21)) / np.prod(sp["shape"])
+        info = sp.get("model") or {"width": 64, "macs_per_voxel_stage": 453_696, "file": "volume_cascade.safetensors"}
         met = fastest <= rl["sec"]
         lines += [
             "",
             f"Target (the 3-stage cascade no slower than RL at its best count on {size}): "
             f"**{'met' if met else 'not met'}** — {fastest / rl['sec']:.1f}× RL's time. The networks see every "
             f"voxel of the padded volume ({ratio:.1f}× the volume's voxels here: the PSF's size on every side) in three "
-            "directions per stage, ~0.45 M multiply-adds per padded voxel and stage; RL's cost is two FFT "
-            "convolutions per iteration.",
+            f"directions per stage: with the measured cascade (`{info['file']}`, width {info['width']}) "
+            f"{info['macs_per_voxel_stage'] / 1e3:.0f} k multiply-adds per padded voxel and stage; RL's cost is two "
+            "FFT convolutions per iteration.",
             "",
         ]
     mem = cache.get("memory", {})
@@ -324,6 +347,7 @@ def main(argv=None) -> int:
     p.add_argument("--psf", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help="a volume cascade file to measure instead of the shipped one")
     p.add_argument("--iterations", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--rl-iterations", type=int, default=max(RL_ITERATIONS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -333,7 +357,7 @@ def main(argv=None) -> int:
         cache = json.loads(args.cache.read_text())
     else:
         cache = measure(args.cache, args.sizes, args.threads, not args.skip_speed, args.speed_size[0],
-                        tuple(args.precisions or default_precisions()))
+                        tuple(args.precisions or default_precisions()), model=args.model)
     replace_section(args.out, report(cache), SECTION)
     return 0
 

@@ -104,3 +104,27 @@ def test_stage_training_lowers_the_loss():
         opt.step()
     assert float(tv.stage_loss(vc, 1, batch)) < 0.8 * first
     assert vc.denoisers[0].axial.convs[0].weight.grad is not None
+
+
+def test_another_width_starts_new_networks_with_the_start_gammas(tmp_path, tiny_cfg):
+    """--width other than the start's: γ(σ) copied, new seeded networks of that width, trained from stage 1."""
+    start = VolumeCascade(3, width=6)
+    with torch.no_grad():
+        start.gamma_coeffs.normal_()
+    init = save_cascade(start, tmp_path / "wide.safetensors")
+    a = VolumeCascade.fresh_networks(start, 4, seed=1)
+    b = VolumeCascade.fresh_networks(start, 4, seed=1)
+    assert a.width == 4 and a.n_stages == 3
+    torch.testing.assert_close(a.gamma_coeffs, start.gamma_coeffs)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)  # reproducible, so a resumed run starts from the same networks
+    assert not torch.equal(a.denoisers[0].lateral.convs[0].weight,
+                           VolumeCascade.fresh_networks(start, 4, seed=2).denoisers[0].lateral.convs[0].weight)
+    out = tmp_path / "narrow"
+    tv.train_volume(out, tiny_cfg, torch.device("cpu"), init, log=lambda m: None)  # tiny preset: width 8
+    final = load_cascade(out / "volume_cascade.safetensors")
+    assert final.width == tiny_cfg.width == 8
+    torch.testing.assert_close(load_cascade(out / "after_init.safetensors").gamma_coeffs, start.gamma_coeffs)
+    with pytest.raises(ValueError, match="width"):  # a later phase cannot change the width
+        tv.train_volume(tmp_path / "other", tiny_cfg, torch.device("cpu"), init, log=lambda m: None,
+                        start_at="stage2")

@@ -56,3 +56,18 @@ class VolumeCascade(NoiseMapCascade):
         for s, net in enumerate(planar.denoisers):
             out.denoisers[s].load_state_dict(AxialPair.from_planar(net).state_dict())
         return out.to(planar.gamma_coeffs.device).eval()
+
+    @classmethod
+    def fresh_networks(cls, start: NoiseMapCascade, width: int, seed: int = 0,
+                       metadata: dict[str, Any] | None = None) -> "VolumeCascade":
+        """A cascade with ``start``'s stage count and γ(σ) but new, randomly initialised networks of ``width``
+        hidden channels (seeded): the start of a narrower (faster) cascade, trained stage-wise from stage 1."""
+        gen = torch.random.fork_rng(devices=[])
+        with gen:
+            torch.manual_seed(seed)
+            out = cls(start.n_stages, width=width,
+                      metadata=metadata or {"initialised_from": f"γ(σ) of a width-{start.width} cascade, new width-{width} networks"})
+        with torch.no_grad():
+            out.gamma_coeffs.copy_(start.gamma_coeffs)
+        return out.to(start.gamma_coeffs.device).eval()
+

@@ -14,7 +14,8 @@ Recipe
    ``noise_level="auto"`` runs see camera data), the sharp volume and the noise s.d. map (the true
    s.d. of each voxel, times 1 ± 10 % so the networks tolerate an estimate) with it.
 2. Warm start from the 2D noise-map cascade (both networks of every stage copies of the 2D stage
-   network, γ(σ) copied).
+   network, γ(σ) copied).  With another width (``--width``, e.g. a narrower, faster cascade) the
+   networks start new (seeded) and only γ(σ) is copied.
 3. Stage s = 1 … n: the frozen stages < s run through ``Cascade.run`` on the volume; stage s's
    lateral network learns (eq. 7, L1) to map the x and y gradients of that deconvolution (+ the
    noise map) on XY planes to the sharp volume's, the axial one the z gradient on YZ slices.
@@ -327,6 +328,9 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
             cascade = VolumeCascade.from_planar(init, {"initialised_from": Path(init_from).name})
         else:
             raise ValueError(f"{init_from} is neither a 2D noise-map cascade nor a volume cascade")
+        if cascade.width != cfg.width and first == 0:
+            # a narrower (or wider) cascade: γ(σ) from the start, new networks trained from stage 1
+            cascade = VolumeCascade.fresh_networks(cascade, cfg.width, seed=cfg.seed)
         if cascade.n_stages != cfg.n_stages or cascade.width != cfg.width:
             raise ValueError(f"{init_from}: {cascade.n_stages} stages of width {cascade.width}, the config wants "
                              f"{cfg.n_stages} of width {cfg.width}")
@@ -373,6 +377,9 @@ def main(argv=None) -> int:
     p.add_argument("--minutes-stage", default=None)
     p.add_argument("--minutes-finetune", type=float, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--width", type=int, default=None,
+                   help="hidden channels of the networks; another width than --init-from's starts new networks "
+                        "(γ(σ) kept) and trains them from stage 1")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -385,6 +392,8 @@ def main(argv=None) -> int:
         upd["finetune_minutes"] = args.minutes_finetune
     if args.workers is not None:
         upd["workers"] = args.workers
+    if args.width is not None:
+        upd["width"] = args.width
     cfg = replace(cfg, **upd)
     stop = StopControl(args.max_steps)
 

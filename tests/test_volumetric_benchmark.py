@@ -1,0 +1,56 @@
+"""benchmarks/volumetric.py: the cascades' rows are cached under their model files' digests (a replaced or
+candidate model is measured again, Richardson–Lucy is not), and the report shows the rows of the models it names."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from napari_fcnn_deblur.core.volumetric import VolumeCascade
+from napari_fcnn_deblur.io.models import load_cascade, save_cascade, volume_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("volumetric_benchmark", ROOT / "benchmarks" / "volumetric.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_model_rows_are_keyed_by_the_model_file(tmp_path, monkeypatch):
+    vb = _load()
+    monkeypatch.setattr(vb, "SHAPE", (6, 20, 20))
+    monkeypatch.setattr(vb, "PHOTONS", (100.0,))
+    monkeypatch.setattr(vb, "RL_ITERATIONS", (1, 2))
+    sweeps = []
+    real_sweep = vb.rl_sweep
+    monkeypatch.setattr(vb, "rl_sweep", lambda *a: sweeps.append(1) or real_sweep(*a))
+    shipped = load_cascade(volume_model_path())
+    cands = []
+    for seed in (0, 1):
+        narrow = VolumeCascade.fresh_networks(shipped, 4, seed=seed)
+        cands.append(save_cascade(narrow, tmp_path / f"cand{seed}.safetensors"))
+    cache = tmp_path / "vol.json"
+    c = vb.run(cache, 1, log=lambda m: None, volume_model=cands[0])
+    assert len(sweeps) == 2  # widefield and confocal
+    key0, planar = vb.model_keys(cands[0])
+    assert key0.startswith("cand0.safetensors@") and planar.startswith("noisemap_cascade.safetensors@")
+    rec = c["widefield|100|0"]
+    assert set(rec["ours"]) == {key0} and set(rec["2d"]) == {planar}
+    c = vb.run(cache, 1, log=lambda m: None, volume_model=cands[1])
+    assert len(sweeps) == 2  # RL is model-free: reused
+    key1 = vb.model_keys(cands[1])[0]
+    assert set(c["widefield|100|0"]["ours"]) == {key0, key1}
+    assert c["widefield|100|0"]["ours"][key0] != c["widefield|100|0"]["ours"][key1]
+    text = vb.report(c, 1, cands[1])
+    assert key1 in text and "| widefield | 100 |" in text and "| confocal | 100 |" in text
+    # a model without rows gives no rows (never another model's numbers)
+    other = save_cascade(VolumeCascade.fresh_networks(shipped, 4, seed=2), tmp_path / "cand2.safetensors")
+    assert "| widefield | 100 |" not in vb.report(c, 1, other)
