@@ -207,10 +207,12 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             cache.setdefault("speed_runs", []).append(speed_summary(rec))
             save()
         for shape, stages in sizes:
-            key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}"
+            info = model_info(model)
+            key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}:{info['file']}@{info['digest']}"
             r = run_child(work, stack_of(shape, stack), psf, threads, "ours", "--precision", "fp32",
                           "--iterations", str(stages), *extra_model)
-            r.update(shape=list(shape), stages=stages, padded_voxels=padded_voxels(shape, psf.shape), run=meta)
+            r.update(shape=list(shape), stages=stages, padded_voxels=padded_voxels(shape, psf.shape), run=meta,
+                     model=info)
             cache.setdefault("memory", {})[key] = r
             save()
             log(f"{key}: {r['peak_rss'] / GIB:.2f} GiB peak, {r['sec']:.0f} s")
@@ -301,15 +303,16 @@ def report(cache: dict) -> str:
             "Peak memory by size (fp32; the large volumes one stage: its peak is a stage's, 1 and 3 stages "
             "agree in the small rows). Seconds here ran next to other jobs and are not comparable between rows.",
             "",
-            "| volume (Z × Y × X) | stages | padded voxels (M) | peak RSS (GiB) | RSS before the call (GiB) | "
-            "growth per padded voxel (B) | tile | seconds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| volume (Z × Y × X) | stages | cascade width | padded voxels (M) | peak RSS (GiB) | "
+            "RSS before the call (GiB) | growth per padded voxel (B) | tile | seconds |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        rows = sorted(mem.values(), key=lambda r: (r["padded_voxels"], r["stages"]))
+        rows = sorted(mem.values(), key=lambda r: (r["padded_voxels"], r["stages"], -(r.get("model") or {}).get("width", 64)))
         for r in rows:
             z, y, x = r["shape"]
             growth = (r["peak_rss"] - r["rss_before"]) / r["padded_voxels"]
-            lines.append(f"| {z} × {y} × {x} | {r['stages']} | {r['padded_voxels'] / 1e6:.1f} | "
+            lines.append(f"| {z} × {y} × {x} | {r['stages']} | {(r.get('model') or {}).get('width', 64)} | "
+                         f"{r['padded_voxels'] / 1e6:.1f} | "
                          f"{r['peak_rss'] / GIB:.2f} | {r['rss_before'] / GIB:.2f} | {growth:.0f} | "
                          f"{r.get('tile_size', '')} | {r['sec']:.0f} |")
         big = [r for r in rows if r["shape"][1] * r["shape"][2] >= 1024 * 1024 and r["shape"][0] >= 64]
