@@ -33,7 +33,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-MACS_PER_PIXEL = 149_632  # Table 1 network: 5·5·64 + 4·(3·3·64·64) + 3·3·64
+from napari_fcnn_deblur.core.denoiser import GradientDenoiser  # noqa: E402
+
+MACS_PER_PIXEL = GradientDenoiser(64, 1).macs_per_pixel  # Table 1: 5·5·64 + 4·(3·3·64·64) + 3·3·64 = 149,632
 
 
 def _sync(device: torch.device) -> None:

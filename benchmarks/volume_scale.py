@@ -156,23 +156,19 @@ def default_precisions() -> tuple[str, ...]:
 def model_info(model: str | None) -> dict:
     """The volume cascade measured: its file, digest, width and multiply-adds per padded voxel and stage
     (three directions, each one FCNN pass)."""
-    from napari_fcnn_deblur.core.denoiser import ARCHITECTURE
     from napari_fcnn_deblur.io.models import file_digest, load_cascade, volume_model_path
 
     path = Path(model) if model else volume_model_path()
-    casc = load_cascade(path)
-    w, cin, macs = casc.width, 2, 0
-    for i, (k, _) in enumerate(ARCHITECTURE):
-        cout = 1 if i == len(ARCHITECTURE) - 1 else w
-        macs += k * k * cin * cout
-        cin = cout
-    return {"file": path.name, "digest": file_digest(path)[:10], "width": w, "macs_per_voxel_stage": 3 * macs}
+    pair = load_cascade(path).denoisers[0]
+    macs = 2 * pair.lateral.macs_per_pixel + pair.axial.macs_per_pixel  # x and y on XY planes, z on YZ slices
+    return {"file": path.name, "digest": file_digest(path)[:10], "width": pair.width, "macs_per_voxel_stage": macs}
 
 
 def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEED_SHAPE, precisions=("fp32",),
             log=print, model: str | None = None) -> dict:
     cache = load_json(cache_path)
     extra_model = ("--model", str(model)) if model else ()
+    info = model_info(model)
 
     def save():
         save_json(cache_path, cache)
@@ -187,7 +183,7 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
         work = Path(tmp)
         if speed:
             rec = {"shape": list(speed_shape), "run": meta, "blurry": scores((stack - OFFSET) / PHOTONS, sharp),
-                   "model": model_info(model)}
+                   "model": info}
             sweep = rl_sweep(stack, psf, PHOTONS, sharp)
             best = max(sweep, key=lambda k: sweep[k][0])
             rl = run_child(work, stack, psf, threads, "rl", "--rl-iterations", str(best), output=work / "rl.npy")
@@ -207,7 +203,6 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
             cache.setdefault("speed_runs", []).append(speed_summary(rec))
             save()
         for shape, stages in sizes:
-            info = model_info(model)
             key = f"{shape[0]}x{shape[1]}x{shape[2]}:{stages}:{info['file']}@{info['digest']}"
             r = run_child(work, stack_of(shape, stack), psf, threads, "ours", "--precision", "fp32",
                           "--iterations", str(stages), *extra_model)
@@ -307,11 +302,12 @@ def report(cache: dict) -> str:
             "RSS before the call (GiB) | growth per padded voxel (B) | tile | seconds |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        rows = sorted(mem.values(), key=lambda r: (r["padded_voxels"], r["stages"], -(r.get("model") or {}).get("width", 64)))
+        width = {id(r): (r.get("model") or {}).get("width", 64) for r in mem.values()}  # rows before session 10: 64
+        rows = sorted(mem.values(), key=lambda r: (r["padded_voxels"], r["stages"], -width[id(r)]))
         for r in rows:
             z, y, x = r["shape"]
             growth = (r["peak_rss"] - r["rss_before"]) / r["padded_voxels"]
-            lines.append(f"| {z} × {y} × {x} | {r['stages']} | {(r.get('model') or {}).get('width', 64)} | "
+            lines.append(f"| {z} × {y} × {x} | {r['stages']} | {width[id(r)]} | "
                          f"{r['padded_voxels'] / 1e6:.1f} | "
                          f"{r['peak_rss'] / GIB:.2f} | {r['rss_before'] / GIB:.2f} | {growth:.0f} | "
                          f"{r.get('tile_size', '')} | {r['sec']:.0f} |")

@@ -23,7 +23,8 @@ Protocol (also written into the report):
 
 Results are cached in ``benchmarks/results/volumetric.json`` (an interrupted run resumes; the
 cascades' rows under their model files' digests, so a replaced model is measured again, and
-``--volume-model`` measures a candidate file beside the shipped one); the report replaces the ``## Volumetric`` section of ``--out``, and ``--figure`` writes orthogonal views.
+``--volume-model`` measures a candidate file beside the shipped one); the report replaces the
+``## Volumetric`` section of ``--out``, and ``--figure`` writes orthogonal views.
 
     python benchmarks/volumetric.py --out docs/benchmarks.md --figure docs/images/volumetric.png
 """

@@ -103,3 +103,10 @@ def test_extra_input_channels_keep_the_plain_keys_and_follow_the_gradient_view()
         zx, zy = denoise_gradients(net, [gx, gy], conditions=[m])
         torch.testing.assert_close(zy, net(iy)[:, 0].transpose(-1, -2))
         torch.testing.assert_close(zx, net(ix)[:, 0])
+
+
+def test_multiply_adds_per_pixel_follow_the_layers():
+    # Table 1 at width 64: 5·5·1·64 + 4·(3·3·64·64) + 3·3·64·1
+    assert GradientDenoiser(64, 1).macs_per_pixel == 1600 + 4 * 36864 + 576 == 149_632
+    # a noise-map network of width 16 (two input channels)
+    assert GradientDenoiser(16, 2).macs_per_pixel == 25 * 2 * 16 + 4 * 9 * 16 * 16 + 9 * 16 == 10_160

@@ -62,12 +62,10 @@ class VolumeCascade(NoiseMapCascade):
                        metadata: dict[str, Any] | None = None) -> "VolumeCascade":
         """A cascade with ``start``'s stage count and γ(σ) but new, randomly initialised networks of ``width``
         hidden channels (seeded): the start of a narrower (faster) cascade, trained stage-wise from stage 1."""
-        gen = torch.random.fork_rng(devices=[])
-        with gen:
+        note = f"γ(σ) of a width-{start.width} cascade, new width-{width} networks"
+        with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's generator
             torch.manual_seed(seed)
-            out = cls(start.n_stages, width=width,
-                      metadata=metadata or {"initialised_from": f"γ(σ) of a width-{start.width} cascade, new width-{width} networks"})
+            out = cls(start.n_stages, width=width, metadata=metadata or {"initialised_from": note})
         with torch.no_grad():
             out.gamma_coeffs.copy_(start.gamma_coeffs)
         return out.to(start.gamma_coeffs.device).eval()
-
