@@ -54,3 +54,21 @@ def test_model_rows_are_keyed_by_the_model_file(tmp_path, monkeypatch):
     # a model without rows gives no rows (never another model's numbers)
     other = save_cascade(VolumeCascade.fresh_networks(shipped, 4, seed=2), tmp_path / "cand2.safetensors")
     assert "| widefield | 100 |" not in vb.report(c, 1, other)
+
+
+@pytest.mark.slow
+def test_network_margin_benchmark_measures_each_margin_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import network_margin as nm
+
+    monkeypatch.setattr(nm.vb, "SHAPE", (6, 20, 20))
+    monkeypatch.setattr(nm.vb, "PHOTONS", (100.0,))
+    doc = tmp_path / "bench.md"
+    doc.write_text("# Benchmarks\n\n## Other\n\nkept\n")
+    assert nm.main(["--volumes", "1", "--margins", "none,4", "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "## Other\n\nkept" in text and "## Network margin" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| whole grid") or ln.startswith("| ± 4")]
+    assert len(rows) == 2 and "+0.000" in rows[0]
+    delta = float(rows[1].split("|")[3])
+    assert abs(delta) < 1.0  # measured, per volume, against the whole grid

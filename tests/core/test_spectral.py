@@ -9,6 +9,7 @@ from napari_fcnn_deblur.core.spectral import (
     padding_geometry,
     psf2otf,
     taper_weights,
+    zero_outside,
 )
 
 
@@ -77,3 +78,21 @@ def test_taper_weights_are_one_inside_and_fall_to_zero_at_the_frame():
     assert float(a.max()) <= 1.0 and float(a.min()) == 0.0
     assert float(a[6, 10, 12]) == pytest.approx(1.0)
 
+
+
+def test_region_widens_the_image_box_and_zero_outside_clears_the_rest():
+    geo = padding_geometry((4, 10, 12), (3, 5, 5))  # grid (10, 20, 22), image at (3, 5, 5)
+    assert geo.region(0) == (slice(3, 7), slice(5, 15), slice(5, 17))
+    assert geo.region(2) == (slice(1, 9), slice(3, 17), slice(3, 19))
+    assert geo.region(50) == (slice(0, 10), slice(0, 20), slice(0, 22))  # clipped at the frame
+    t = torch.ones(2, *geo.shape)
+    out = zero_outside(t, geo.region(1))
+    assert out is t and t.sum() == 2 * 6 * 12 * 14
+    assert t[:, 2:8, 4:16, 4:18].min() == 1
+    assert torch.equal(zero_outside(torch.ones(3, 4), (slice(0, 4),)), torch.ones(3, 4))  # nothing outside
+
+    g = torch.rand(2, 5, 6, requires_grad=True)
+    out = zero_outside(g, (slice(1, 4), slice(2, 6)))  # recorded by autograd: a new tensor, same values
+    assert out is not g and torch.equal(out.detach(), zero_outside(g.detach().clone(), (slice(1, 4), slice(2, 6))))
+    out.sum().backward()
+    assert g.grad.sum() == 2 * 3 * 4

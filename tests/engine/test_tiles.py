@@ -162,3 +162,52 @@ def test_2d_tiles_are_unchanged_by_the_volume_path():
     assert [tuple(t.shape) for t in tiled] == [(2, 50, 61)] * 2
     for a, b in zip(tiled, whole, strict=True):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("region", "tile"), [
+    ((slice(2, 7), slice(11, 34), slice(12, 40)), 4096),  # halos inside the grid: sub-grids
+    ((slice(2, 7), slice(11, 34), slice(12, 40)), 21),    # and tiled within them
+    ((slice(0, 9), slice(3, 42), slice(20, 30)), 4096),   # halos reaching the frame: whole axes
+])
+def test_volume_networks_on_a_region_match_the_masked_whole_grid(region, tile, monkeypatch):
+    """With a region the networks run on it plus the halo only (fewer voxels), and give the whole-grid
+    result inside it and zeros outside: what the stage loop's masking gives."""
+    from napari_fcnn_deblur.core import denoiser
+    from napari_fcnn_deblur.core.conditioned import NoiseMapGrid, network_condition
+    from napari_fcnn_deblur.core.spectral import zero_outside
+
+    torch.manual_seed(2)
+    pair = denoiser.AxialPair(4, 2).eval()
+    x, m = torch.rand(2, 9, 45, 52), 0.05 * torch.rand(2, 9, 45, 52)
+    seen = []
+    original = denoiser.apply_network
+    monkeypatch.setattr(denoiser, "apply_network", lambda net, t, *a: seen.append(t[:, :1].numel()) or original(net, t, *a))
+    with torch.no_grad():
+        whole = [zero_outside(z, region) for z in NoiseMapGrid(m, channels_last=False)(pair, x, 3)]
+        full_work = sum(seen)
+        seen.clear()
+        tiled = tiling.TiledNetworks(tile, torch.device("cpu"), False, None, (m,), network_condition, region)(pair, x, 3)
+    for a, b in zip(tiled, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+        assert a[0, 0].abs().sum() == 0 or region[0].start == 0  # z plane 0 outside the first region
+    if tile > 100:
+        assert sum(seen) < full_work  # fewer pixels through the networks
+
+
+def test_plane_networks_on_a_region_match_the_masked_whole_grid():
+    from napari_fcnn_deblur.core.conditioned import network_condition
+    from napari_fcnn_deblur.core.denoiser import GradientDenoiser, denoise_gradients
+    from napari_fcnn_deblur.core.spectral import image_gradients, zero_outside
+
+    torch.manual_seed(3)
+    net = GradientDenoiser(4, 2).eval()
+    x, m = torch.rand(2, 50, 61), 0.05 * torch.rand(2, 50, 61)
+    region = (slice(12, 38), slice(10, 50))
+    with torch.no_grad():
+        whole = denoise_gradients(net, image_gradients(x), False, conditions=[network_condition(m)])
+        whole = [zero_outside(z, region) for z in whole]
+        tiled = tiling.TiledNetworks(32, torch.device("cpu"), False, None, (m,), network_condition, region)(net, x, 2)
+    for a, b in zip(tiled, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="one slice per grid axis"):
+        tiling.TiledNetworks(32, torch.device("cpu"), region=(slice(0, 5),))(net, x, 2)

@@ -108,22 +108,28 @@ def _random_volume_cascade():
     return VolumeCascade(2, width=4).eval()  # random networks: every voxel of a tile's halo matters
 
 
-@pytest.mark.parametrize("which", ["soft", "random"])
+@pytest.mark.parametrize("which", ["soft", "random", "random, network margin 2"])
 def test_networks_in_small_tiles_give_the_untiled_result(soft_volume_cascade, camera_stack, which, monkeypatch):
     """z-whole X/Y tiles of 30 px (16 px cores, 4 × 4 windows) with the deconvolutions global: the core
-    cascade's whole-grid result to float32 round-off."""
+    cascade's whole-grid result to float32 round-off — also for a cascade whose networks act on the
+    volume ± a margin only, where the tiles skip the rest of the frame."""
+    from napari_fcnn_deblur.core.cascade import MARGIN_KEY
     from napari_fcnn_deblur.engine import tiles as tiling
 
     data, psf, _ = camera_stack
     y = ((data.astype(np.float32) - 100) / 300).astype(np.float32)  # on [0, 1]: the intensity map is the identity
     cascade = soft_volume_cascade if which == "soft" else _random_volume_cascade()
+    if "margin" in which:
+        cascade.metadata[MARGIN_KEY] = "2"
     run = VolumeRun.prepare(y, psf, "auto", model=cascade, device="cpu", tile_size=30)
     assert run.options.scaling.scale == 1 and run.options.scaling.offset == 0
     calls = []
     original = tiling.TiledNetworks.__call__
-    monkeypatch.setattr(tiling.TiledNetworks, "__call__", lambda self, *a: calls.append(self.tile_size) or original(self, *a))
+    monkeypatch.setattr(tiling.TiledNetworks, "__call__",
+                        lambda self, *a: calls.append((self.tile_size, self.region)) or original(self, *a))
     tiled = run.deblur(y)
-    assert calls == [30] * cascade.n_stages
+    region = None if "margin" not in which else (slice(5, 25), slice(9, 47), slice(9, 47))  # (16, 34, 34) at (7, 11, 11), ± 2
+    assert calls == [(30, region)] * cascade.n_stages
     sd = torch.from_numpy(run.noise.sd_planes(y))[None]
     with torch.no_grad():
         whole = list(cascade.run(torch.from_numpy(y)[None], torch.from_numpy(run.options.kernel), sd))[-1].image[0]

@@ -128,3 +128,26 @@ def test_another_width_starts_new_networks_with_the_start_gammas(tmp_path, tiny_
     with pytest.raises(ValueError, match="width"):  # a later phase cannot change the width
         tv.train_volume(tmp_path / "other", tiny_cfg, torch.device("cpu"), init, log=lambda m: None,
                         start_at="stage2")
+
+
+def test_network_margin_is_trained_with_and_kept(tmp_path, tiny_cfg):
+    """--network-margin: the cascade trains with its priors on the volume ± the margin (the stage loop masks
+    the rest of the frame) and keeps it in its metadata; a later run from it keeps it unless told otherwise."""
+    from dataclasses import replace
+
+    from napari_fcnn_deblur.core.cascade import MARGIN_KEY
+
+    init = save_cascade(NoiseMapCascade(3, width=tiny_cfg.width), tmp_path / "planar.safetensors")
+    out = tmp_path / "margin"
+    tv.train_volume(out, replace(tiny_cfg, network_margin=3), torch.device("cpu"), init, log=lambda m: None)
+    final = load_cascade(out / "volume_cascade.safetensors")
+    assert final.network_margin == 3 and final.metadata[MARGIN_KEY] == "3"
+    assert "network margin: 3" in (out / "train.log").read_text()
+    again = tmp_path / "again"
+    tv.train_volume(again, tiny_cfg, torch.device("cpu"), out / "volume_cascade.safetensors", log=lambda m: None,
+                    start_at="finetune")
+    assert load_cascade(again / "volume_cascade.safetensors").network_margin == 3
+    with pytest.raises(SystemExit):
+        tv.main(["--out", str(tmp_path / "bad"), "--init-from", str(init), "--network-margin", "x"])
+    with pytest.raises(ValueError, match="network margin"):
+        tv.main(["--out", str(tmp_path / "bad"), "--init-from", str(init), "--network-margin", "-2"])

@@ -20,10 +20,13 @@ from torch import nn
 
 from .denoiser import GradientDenoiser, denoise_gradients
 from .solver import DeconvProblem, deconvolve, prepare_problem, refill_boundary
-from .spectral import image_gradients
+from .spectral import image_gradients, zero_outside
 
 #: Metadata key of a cascade's boundary refills per stage (:func:`~.solver.refill_boundary`; absent = 0).
 REFILLS_KEY = "boundary_refills"
+
+#: Metadata key of a cascade's network margin (:attr:`Cascade.network_margin`; absent = the whole padded grid).
+MARGIN_KEY = "network_margin"
 
 #: How a stage's network is applied: ``denoise(net, x_padded, ndim) -> [z_x, z_y, ...]``.
 Denoise = Callable[[nn.Module, torch.Tensor, int], list]
@@ -81,6 +84,20 @@ def check_refills(refills) -> int:
     if r < 0 or isinstance(refills, bool) or (isinstance(refills, float) and not refills.is_integer()):
         raise ValueError(f"boundary refills must be a non-negative integer, got {refills!r}")
     return r
+
+
+def check_network_margin(margin) -> int | None:
+    """A network margin: None (networks on the whole padded grid) or a non-negative integer (metadata
+    strings such as "4" accepted)."""
+    if margin is None:
+        return None
+    try:
+        m = int(margin)
+    except (TypeError, ValueError):
+        m = -1
+    if m < 0 or isinstance(margin, bool) or (isinstance(margin, float) and not margin.is_integer()):
+        raise ValueError(f"the network margin must be a non-negative integer (pixels) or None, got {margin!r}")
+    return m
 
 
 class Cascade(nn.Module):
@@ -144,6 +161,21 @@ class Cascade(nn.Module):
         """
         return check_refills(self.metadata.get(REFILLS_KEY, 0))
 
+    @property
+    def network_margin(self) -> int | None:
+        """Where the stages' priors act: None (the paper's setting: the networks denoise the gradients of
+        the whole padded grid) or m ≥ 0 — the image's box widened by m pixels on every side
+        (:meth:`~.spectral.PaddingGeometry.region`); in the rest of the frame the target gradients are
+        zero.  From the metadata (:data:`MARGIN_KEY`): a cascade trained with a margin keeps it.  The
+        frame is replicate-padded and tapered, not observed, so denoising it buys little; skipping it
+        saves the networks' work there (the volume cascade: ``docs/engine.md``)."""
+        return check_network_margin(self.metadata.get(MARGIN_KEY))
+
+    def prior_region(self, geometry) -> tuple[slice, ...] | None:
+        """The slices of the padded grid where the networks' outputs are used (None: all of it)."""
+        m = self.network_margin
+        return None if m is None else geometry.region(m)
+
     def check_iterations(self, iterations) -> int:
         """``iterations`` validated against this cascade (None = every stage)."""
         if iterations is None:
@@ -205,10 +237,13 @@ class Cascade(nn.Module):
             denoise = WholeGrid(channels_last, autocast_dtype)
         if gammas is None:
             gammas = self.gammas
+        region = self.prior_region(problem.geometry)
         x = deconvolve(problem, gammas[0])
         yield StageTensors(0, x, None, problem)
         for s in range(n):
             zs = denoise(self.denoisers[s], x, problem.ndim)
+            if region is not None:  # zero target gradients outside the prior's region (a no-op for strategies
+                zs = [zero_outside(z, region) for z in zs]  # that already skip it, e.g. the engine's tiles)
             if r == 0:
                 del x
                 x = deconvolve(problem, gammas[s + 1], zs)

@@ -55,6 +55,12 @@ class PaddingGeometry:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(s - b - a for s, b, a in zip(self.shape, self.before, self.after))
 
+    def region(self, margin: int) -> tuple[slice, ...]:
+        """The image's box on the padded grid widened by ``margin`` pixels on every side (clipped at the
+        frame), one slice per spatial axis."""
+        return tuple(slice(max(b - margin, 0), min(b + n + margin, s))
+                     for b, n, s in zip(self.before, self.image_shape, self.shape))
+
     # 2D names, kept for readability of plane code
     @property
     def top(self) -> int:
@@ -159,6 +165,30 @@ def image_gradients(x: torch.Tensor, ndim: int = 2) -> list[torch.Tensor]:
     (``g[..., i] = x[..., i] - x[..., i - 1]``, wrapping at the frame).
     """
     return [x - torch.roll(x, shifts=1, dims=-(i + 1)) for i in range(ndim)]
+
+
+def zero_outside(t: torch.Tensor, region: tuple[slice, ...]) -> torch.Tensor:
+    """``t`` ``(..., *grid)`` with zeros outside ``region`` (one slice per axis of the last ``len(region)``
+    axes, steps of 1): ``t`` itself, set in place, or a new tensor when autograd records ``t``."""
+    nd = len(region)
+    if t.requires_grad and torch.is_grad_enabled():  # out of place: the crop, zero-padded back
+        bounds = [(r.start or 0, t.shape[t.ndim - nd + i] if r.stop is None else min(r.stop, t.shape[t.ndim - nd + i]))
+                  for i, r in enumerate(region)]
+        inner = t[(Ellipsis,) + tuple(slice(a, b) for a, b in bounds)]
+        pads = []
+        for i in reversed(range(nd)):
+            a, b = bounds[i]
+            pads += [a, t.shape[t.ndim - nd + i] - b]
+        return torch.nn.functional.pad(inner, pads)
+    for i, r in enumerate(region):
+        dim = t.ndim - nd + i
+        size = t.shape[dim]
+        start, stop = r.start or 0, size if r.stop is None else min(r.stop, size)
+        if start > 0:
+            t.narrow(dim, 0, start).zero_()
+        if stop < size:
+            t.narrow(dim, stop, size - stop).zero_()
+    return t
 
 
 def taper_weights(kernel: torch.Tensor, shape) -> torch.Tensor:

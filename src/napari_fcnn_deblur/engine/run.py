@@ -366,9 +366,10 @@ class DeblurRun:
         plane_shape = tuple(planes.shape[-2:])
         tile = self._tile_size(plane_shape)
         tiled = needs_tiling(plane_shape, self.kernel.shape, tile)
+        region = self.cascade.prior_region(padding_geometry(plane_shape, self.kernel.shape))
         if tiled:
             fdev = fft_device(plane_shape, self.kernel.shape, self.device, tile)
-            denoise = TiledNetworks(tile, self.device, True, self.autocast_dtype)
+            denoise = TiledNetworks(tile, self.device, True, self.autocast_dtype, region=region)
             slices = [slice(i, i + 1) for i in range(len(planes))]
         else:
             fdev = self.device
@@ -379,7 +380,8 @@ class DeblurRun:
         spectra = self._spectra_on(fdev, plane_shape)
 
         def tiles_with_map(map_padded: torch.Tensor) -> TiledNetworks:
-            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition)
+            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition,
+                                 region)
 
         def stages(sl: slice) -> Iterator[StageTensors]:
             y = torch.from_numpy(np.ascontiguousarray(planes[sl])).to(fdev)

@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from ..core.denoiser import RECEPTIVE_RADIUS, denoise_gradients, tile_windows
-from ..core.spectral import padding_geometry
+from ..core.spectral import padding_geometry, zero_outside
 
 #: Assumed memory of fp32 network inference per padded tile pixel (bytes).
 BYTES_PER_PIXEL = 1200
@@ -80,6 +80,9 @@ PLANE_BYTES_PER_PIXEL = 24
 VOLUME_BYTES_PER_VOXEL = 64
 #: Overlap (pixels) of the network tiles on every side: the FCNN's receptive-field radius.
 TILE_MARGIN = RECEPTIVE_RADIUS
+#: Extra pixels around a :attr:`TiledNetworks.region` the networks run on: the receptive radius plus the
+#: one pixel a backward difference reaches, so that every kept output sees only true gradients.
+REGION_HALO = RECEPTIVE_RADIUS + 1
 #: Smallest and largest automatic tile sides (pixels), per device type.
 MIN_TILE_SIZE = 128
 MAX_TILE_SIZE = {"cpu": 1024, "mps": 2048, "cuda": 4096}
@@ -191,6 +194,12 @@ class TiledNetworks:
     ``condition_map``: applied to each piece before the network sees it (e.g.
     :func:`~napari_fcnn_deblur.core.conditioned.network_condition`, so that no scaled grid-sized
     copy is made).
+
+    ``region``: the slices of the grid (one per spatial axis) where the outputs are used (a cascade's
+    :meth:`~napari_fcnn_deblur.core.cascade.Cascade.prior_region`); the networks then run only on it
+    plus the :data:`REGION_HALO` their receptive field and the differences need — along the axes a
+    network convolves, none along the others (the lateral network's z, the axial network's x) — and the
+    outputs are zero outside it, as the stage loop's masking makes them.  None: the whole grid.
     """
 
     tile_size: int
@@ -199,22 +208,50 @@ class TiledNetworks:
     autocast_dtype: torch.dtype | None = None
     conditions: tuple[torch.Tensor, ...] = ()
     condition_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    region: tuple[slice, ...] | None = None
 
     def __call__(self, net: torch.nn.Module, x: torch.Tensor, ndim: int) -> list[torch.Tensor]:
         if ndim not in (2, 3):
             raise ValueError(f"tiled networks run on planes or volumes, got a {ndim}D grid")
         vol = x[:, None] if ndim == 2 else x  # (N, Zp, Yp, Xp)
         conds = [c[:, None] if ndim == 2 else c for c in self.conditions]
-        n, _, hp, wp = vol.shape
+        n = vol.shape[0]
+        region = None
+        if self.region is not None:
+            if len(self.region) != ndim:
+                raise ValueError(f"a region needs one slice per grid axis ({ndim}), got {len(self.region)}")
+            region = tuple(self.region) if ndim == 3 else (slice(0, 1),) + tuple(self.region)
+        lat_box, ax_box = self._boxes(tuple(vol.shape[1:]), region)
         core = max(self.tile_size - 2 * TILE_MARGIN, 16)
-        zs = [torch.empty_like(vol) for _ in range(ndim)]
+        zs = [(torch.empty_like if region is None else torch.zeros_like)(vol) for _ in range(ndim)]
         for i in range(n):
-            ci = [c[i] for c in conds]
-            for (wr, wc), keep in tile_windows((hp, wp), core, TILE_MARGIN):
-                self._lateral(net, vol[i], ci, wr, wc, keep, [z[i] for z in zs[:2]])
-                if ndim == 3:
-                    self._axial(net, vol[i], ci, wr, wc, keep, zs[2][i])
+            v, ci = vol[i][lat_box], [c[i][lat_box] for c in conds]
+            for (wr, wc), keep in tile_windows(tuple(v.shape[1:]), core, TILE_MARGIN):
+                self._lateral(net, v, ci, wr, wc, keep, [z[i][lat_box] for z in zs[:2]])
+            if ndim == 3:
+                v, ci = vol[i][ax_box], [c[i][ax_box] for c in conds]
+                for (wr, wc), keep in tile_windows(tuple(v.shape[1:]), core, TILE_MARGIN):
+                    self._axial(net, v, ci, wr, wc, keep, zs[2][i][ax_box])
+        if region is not None:  # the halos hold the sub-grid's circular-difference junk
+            zs = [zero_outside(z, region) for z in zs]
         return zs if ndim == 3 else [z[:, 0] for z in zs]
+
+    @staticmethod
+    def _boxes(grid: tuple[int, int, int], region) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """The sub-grids (z, y, x) the lateral and the axial network run on for ``region`` (None: all).
+
+        An axis a network convolves along gets the region ± :data:`REGION_HALO`, or the whole axis when
+        that reaches the frame (then its circular differences wrap exactly as on the whole grid)."""
+        full = tuple(slice(0, s) for s in grid)
+        if region is None:
+            return full, full
+
+        def widen(r: slice, size: int) -> slice:
+            a, b = r.start - REGION_HALO, r.stop + REGION_HALO
+            return slice(0, size) if a <= 0 or b >= size else slice(a, b)
+
+        (rz, ry, rx), (gz, gy, gx) = region, grid
+        return (rz, widen(ry, gy), widen(rx, gx)), (widen(rz, gz), widen(ry, gy), rx)
 
     @property
     def call_pixels(self) -> int:

@@ -190,8 +190,11 @@ class VolumeRun:
             problem = replace(problem, observed=None)
         del y, spectra
 
+        region = self.cascade.prior_region(problem.geometry)  # networks only where the cascade uses them
+
         def tiles(map_padded: torch.Tensor) -> TiledNetworks:
-            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition)
+            return TiledNetworks(tile, self.device, True, self.autocast_dtype, (map_padded,), network_condition,
+                                 region)
 
         for st in self.cascade.run(noise_map=sd, problem=problem, iterations=self.iterations,
                                    autocast_dtype=self.autocast_dtype, keep_gradients=keep_gradients,

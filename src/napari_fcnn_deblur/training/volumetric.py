@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from scipy.signal import fftconvolve
 
+from ..core.cascade import MARGIN_KEY, check_network_margin
 from ..core.conditioned import NOISE_MAP_SCALE, NoiseMapCascade
 from ..core.denoiser import (
     RECEPTIVE_RADIUS,
@@ -104,6 +105,7 @@ class VolConfig:
     val_volumes: int = 2  # per (PSF type, photon level)
     val_shape: tuple[int, int, int] = (20, 56, 56)
     val_photons: tuple[float, ...] = (30.0, 100.0, 300.0)
+    network_margin: int | None = None  # None: keep the start's (Cascade.network_margin); else set it
 
     @classmethod
     def preset(cls, name: str) -> "VolConfig":
@@ -334,6 +336,9 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
         if cascade.n_stages != cfg.n_stages or cascade.width != cfg.width:
             raise ValueError(f"{init_from}: {cascade.n_stages} stages of width {cascade.width}, the config wants "
                              f"{cfg.n_stages} of width {cfg.width}")
+        if cfg.network_margin is not None:  # the priors act on the volume ± the margin, in training as at inference
+            cascade.metadata[MARGIN_KEY] = str(check_network_margin(cfg.network_margin))
+        lg(f"network margin: {cascade.network_margin if cascade.network_margin is not None else 'whole grid'}")
         cascade = cascade.to(device)
         val = validation_set(cfg)
         val_path = out_dir / "val.json"
@@ -380,6 +385,9 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=None,
                    help="hidden channels of the networks; another width than --init-from's starts new networks "
                         "(γ(σ) kept) and trains them from stage 1")
+    p.add_argument("--network-margin", type=int, default=None,
+                   help="the stages' priors act on the volume ± this many voxels, zero target gradients in the "
+                        "rest of the padded frame (default: keep --init-from's; the networks then skip the frame)")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -394,6 +402,8 @@ def main(argv=None) -> int:
         upd["workers"] = args.workers
     if args.width is not None:
         upd["width"] = args.width
+    if args.network_margin is not None:
+        upd["network_margin"] = check_network_margin(args.network_margin)
     cfg = replace(cfg, **upd)
     stop = StopControl(args.max_steps)
 
