@@ -100,15 +100,16 @@ def test_a_kernel_path_that_is_a_folder_or_not_an_image_is_a_one_line_error(tmp_
 def test_models_lists_every_shipped_cascade(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for title, fmt, width in [("noise-map cascade (the default; model='noisemap')", "napari-fcnn-deblur-noisemap/1", 64),
-                              ("per-level cascade 1 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 64),
-                              ("per-level cascade 3 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 64),
-                              ("per-level cascade 5 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 64),
-                              ("volume cascade (3D PSFs)", "napari-fcnn-deblur-volume/1", 16)]:
+    for title, fmt, stages, width in [
+            ("noise-map cascade (the default; model='noisemap')", "napari-fcnn-deblur-noisemap/1", 4, 64),
+            ("per-level cascade 1 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
+            ("per-level cascade 3 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
+            ("per-level cascade 5 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
+            ("volume cascade (3D PSFs)", "napari-fcnn-deblur-volume/1", 3, 16)]:
         assert title in out, title
         block = out[out.index(title):].split("\n")[1:4]
         assert block[0].startswith("  file: ") and block[0].endswith(" MB)"), block
-        assert block[1].startswith(f"  format: {fmt}, 3 stages, width {width}"), block
+        assert block[1].startswith(f"  format: {fmt}, {stages} stages, width {width}"), block
         assert block[2].startswith("  for: "), block
     assert "default (model=None): " in out and "not installed" not in out
     assert "model='per-level' picks it for σ < 2 %" in out and "picks it for σ ≥ 4 %" in out
