@@ -112,7 +112,7 @@ def test_network_margin_restricts_the_priors_to_the_image_box(known_cascade, cam
     assert load_cascade(save_cascade(margin, tmp_path / "m.safetensors")).network_margin == 3
     for bad in ("-1", "1.5", "wide"):
         with pytest.raises(ValueError, match="network margin"):
-            Cascade(1, width=2, metadata={MARGIN_KEY: bad}).network_margin
+            _ = Cascade(1, width=2, metadata={MARGIN_KEY: bad}).network_margin
     torch.manual_seed(0)
     c = Cascade(1, width=4, metadata={MARGIN_KEY: "2"})
     c(torch.rand(1, 40, 40), torch.from_numpy(line_kernel(5, 0.0))).mean().backward()

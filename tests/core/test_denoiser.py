@@ -7,6 +7,7 @@ from napari_fcnn_deblur.core.denoiser import (
     RECEPTIVE_RADIUS,
     GradientDenoiser,
     apply_network,
+    cpu_tile_core,
     denoise_gradients,
     tile_windows,
 )
@@ -77,13 +78,21 @@ def test_tile_windows_cover_the_grid_once(shape, core, halo):
     assert torch.all(count == 1)
 
 
-def test_cpu_cache_tiles_equal_the_whole_plane():
+def test_cpu_cache_tiles_equal_the_whole_plane(monkeypatch):
+    from napari_fcnn_deblur.core import denoiser
+
     net = _net(4, width=4)
-    t = torch.rand(2, 1, CPU_TILE_CORE + 60, CPU_TILE_CORE // 2 + 30) - 0.5
+    core = cpu_tile_core(net.width)
+    assert core == round(CPU_TILE_CORE * 4) and cpu_tile_core(64) == cpu_tile_core(128) == CPU_TILE_CORE
+    t = torch.rand(2, 1, core + 60, core // 2 + 30) - 0.5
+    windows = []
+    original = denoiser.tile_windows
+    monkeypatch.setattr(denoiser, "tile_windows", lambda *a: windows.append(a[1]) or original(*a))
     with torch.no_grad():
         whole = net(t)
     with torch.inference_mode():
         tiled = apply_network(net, t, channels_last=False)
+    assert windows == [core, core]  # tiled, plane by plane, with the width's core
     assert torch.allclose(tiled, whole, atol=1e-5)
 
 
