@@ -139,9 +139,7 @@ def run_child(work: Path, stack: np.ndarray, psf: np.ndarray, threads: int, *ext
 
 
 def padded_voxels(shape, psf_shape) -> int:
-    from napari_fcnn_deblur.core.spectral import padding_geometry
-
-    return int(np.prod(padding_geometry(shape, psf_shape).shape))
+    return int(np.prod(padding_geometry_shape(shape, psf_shape)))
 
 
 def default_precisions() -> tuple[str, ...]:
@@ -159,9 +157,33 @@ def model_info(model: str | None) -> dict:
     from napari_fcnn_deblur.io.models import file_digest, load_cascade, volume_model_path
 
     path = Path(model) if model else volume_model_path()
-    pair = load_cascade(path).denoisers[0]
+    cascade = load_cascade(path)
+    pair = cascade.denoisers[0]
     macs = 2 * pair.lateral.macs_per_pixel + pair.axial.macs_per_pixel  # x and y on XY planes, z on YZ slices
-    return {"file": path.name, "digest": file_digest(path)[:10], "width": pair.width, "macs_per_voxel_stage": macs}
+    return {"file": path.name, "digest": file_digest(path)[:10], "width": pair.width, "macs_per_voxel_stage": macs,
+            "network_margin": cascade.network_margin}
+
+
+def network_voxels(shape, psf_shape, margin: int | None) -> float:
+    """Voxels per direction the networks run on, averaged over the three directions (the whole padded grid
+    without a margin; with one, the volume ± margin plus the engine's halo along the axes each network
+    convolves: :meth:`napari_fcnn_deblur.engine.tiles.TiledNetworks._boxes`)."""
+    from napari_fcnn_deblur.engine.tiles import REGION_HALO
+
+    grid = padding_geometry_shape(shape, psf_shape)
+    if margin is None:
+        return float(np.prod(grid))
+    region = [min(n + 2 * margin, g) for n, g in zip(shape, grid)]
+    wide = [min(r + 2 * REGION_HALO, g) for r, g in zip(region, grid)]
+    lateral = region[0] * wide[1] * wide[2]
+    axial = wide[0] * wide[1] * region[2]
+    return (2 * lateral + axial) / 3
+
+
+def padding_geometry_shape(shape, psf_shape) -> tuple[int, ...]:
+    from napari_fcnn_deblur.core.spectral import padding_geometry
+
+    return padding_geometry(shape, psf_shape).shape
 
 
 def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEED_SHAPE, precisions=("fp32",),
@@ -221,6 +243,11 @@ def speed_summary(rec: dict) -> dict:
             **{f"{p}_sec": rec[p]["sec"] for p in ("fp32", "bf16") if p in rec}}
 
 
+def _margin_note(model: dict | None) -> str:
+    m = (model or {}).get("network_margin")
+    return "" if m is None else f", margin {m}"
+
+
 def _load(meta: dict) -> str:
     load = "not recorded" if meta.get("load") is None else f"{meta['load']:.1f}"
     return f"{meta.get('started', '?')}: {load}"
@@ -275,20 +302,28 @@ def report(cache: dict) -> str:
         if len(history) > 1:
             lines += ["", "Every run of this comparison (start time, model width: fp32 seconds / RL seconds = ratio): "
                 + "; ".join(
-                f"{h['run'].get('started', '?')}, width {(h.get('model') or {}).get('width', 64)}: "
+                f"{h['run'].get('started', '?')}, width {(h.get('model') or {}).get('width', 64)}"
+                f"{_margin_note(h.get('model'))}: "
                 f"{h['fp32_sec']:.0f} / {h['rl_sec']:.1f} = "
                 f"{h['fp32_sec'] / h['rl_sec']:.1f}×" for h in history if "fp32_sec" in h)
                 + ". The machine is shared, so single timings vary; the table is the last run."]
         ratio = padded_voxels(sp["shape"], (15, 21, 21)) / np.prod(sp["shape"])
         info = sp.get("model") or {"width": 64, "macs_per_voxel_stage": 453_696, "file": "volume_cascade.safetensors"}
         met = fastest <= rl["sec"]
+        margin = info.get("network_margin")
+        if margin is None:
+            seen = (f"The networks see every voxel of the padded volume ({ratio:.1f}× the volume's voxels here: the "
+                    "PSF's size on every side)")
+        else:
+            seen = (f"The networks see the volume ± {margin} voxels plus their halo, "
+                    f"{network_voxels(sp['shape'], (15, 21, 21), margin) / np.prod(sp['shape']):.2f}× the volume's "
+                    f"voxels per direction (the padded volume is {ratio:.1f}×: the PSF's size on every side)")
         lines += [
             "",
             f"Target (the 3-stage cascade no slower than RL at its best count on {size}): "
-            f"**{'met' if met else 'not met'}** — {fastest / rl['sec']:.1f}× RL's time. The networks see every "
-            f"voxel of the padded volume ({ratio:.1f}× the volume's voxels here: the PSF's size on every side) in three "
+            f"**{'met' if met else 'not met'}** — {fastest / rl['sec']:.1f}× RL's time. {seen}, in three "
             f"directions per stage: with the measured cascade (`{info['file']}`, width {info['width']}) "
-            f"{info['macs_per_voxel_stage'] / 1e3:.0f} k multiply-adds per padded voxel and stage; RL's cost is two "
+            f"{info['macs_per_voxel_stage'] / 1e3:.0f} k multiply-adds per voxel seen and stage; RL's cost is two "
             "FFT convolutions per iteration.",
             "",
         ]
