@@ -76,7 +76,8 @@ def report(res: dict, margins: list[int | None], model_name: str, n_volumes: int
         SECTION, "",
         f"*{datetime.date.today().isoformat()}, `benchmarks/network_margin.py`, {model_name}, {n_volumes} volume(s) of "
         f"{'×'.join(map(str, vb.SHAPE))} voxels per PSF type and photon level (the volumetric benchmark's), "
-        f"{threads} thread(s), no retraining.*", "",
+        f"{threads} thread(s), no retraining: the cascade as trained, with its own margin "
+        f"{'none' if res.get('base_margin') is None else res['base_margin']}, run at each margin.*", "",
         "Where the volume cascade's priors act: the whole padded grid (the paper's setting) or the volume ± m "
         "voxels (zero target gradients in the rest of the frame, which the networks then skip). Δ: paired "
         "against the first column, per volume; seconds: all volumes, the margins run one after another on each "
