@@ -32,7 +32,8 @@ SECTION = "## Network margin"
 
 
 def measure(model: str | None, margins: list[int | None], n_volumes: int, threads: int, log=print) -> dict:
-    """{margin: ([PSNR per volume], seconds in all)} with the rows' labels in ``rows``."""
+    """``psnr``: {margin: [final PSNR per volume]}, ``seconds``: {margin: seconds over all volumes}, and
+    ``base_margin``: the cascade's own margin."""
     import torch
 
     from napari_fcnn_deblur import deblur
@@ -50,7 +51,6 @@ def measure(model: str | None, margins: list[int | None], n_volumes: int, thread
         cascades[m] = c
     psnr = {m: [] for m in margins}
     seconds = {m: 0.0 for m in margins}
-    rows = []
     for kind, psf in vb.psfs().items():
         for photons in vb.PHOTONS:
             for i in range(n_volumes):
@@ -61,9 +61,8 @@ def measure(model: str | None, margins: list[int | None], n_volumes: int, thread
                     out = deblur(stack, psf, noise_level="auto", model=cascades[m])
                     seconds[m] += time.perf_counter() - t
                     psnr[m].append(vb.scores((out - vb.OFFSET) / photons, sharp)[0])
-                rows.append(f"{kind} {photons:g}")
                 log(f"{kind} {photons:g} ph, volume {i}: " + "  ".join(f"{label(m)} {psnr[m][-1]:.2f}" for m in margins))
-    return {"rows": rows, "psnr": psnr, "seconds": seconds, "base_margin": base.network_margin}
+    return {"psnr": psnr, "seconds": seconds, "base_margin": base.network_margin}
 
 
 def label(m: int | None) -> str:

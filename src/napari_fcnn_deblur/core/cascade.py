@@ -75,15 +75,20 @@ class StageTensors:
         return None if self.gradients is None else self.gradients[1]
 
 
+def _non_negative_int(value, error: str) -> int:
+    """``value`` as a non-negative integer (metadata strings such as "2" accepted); ``error`` + the value if not."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{error}, got {value!r}")
+    return n
+
+
 def check_refills(refills) -> int:
     """Boundary refills per stage: a non-negative integer (metadata strings such as "2" accepted)."""
-    try:
-        r = int(refills)
-    except (TypeError, ValueError):
-        r = -1
-    if r < 0 or isinstance(refills, bool) or (isinstance(refills, float) and not refills.is_integer()):
-        raise ValueError(f"boundary refills must be a non-negative integer, got {refills!r}")
-    return r
+    return _non_negative_int(refills, "boundary refills must be a non-negative integer")
 
 
 def check_network_margin(margin) -> int | None:
@@ -91,13 +96,7 @@ def check_network_margin(margin) -> int | None:
     strings such as "4" accepted)."""
     if margin is None:
         return None
-    try:
-        m = int(margin)
-    except (TypeError, ValueError):
-        m = -1
-    if m < 0 or isinstance(margin, bool) or (isinstance(margin, float) and not margin.is_integer()):
-        raise ValueError(f"the network margin must be a non-negative integer (pixels) or None, got {margin!r}")
-    return m
+    return _non_negative_int(margin, "the network margin must be a non-negative integer (pixels) or None")
 
 
 class Cascade(nn.Module):

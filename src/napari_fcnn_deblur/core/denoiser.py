@@ -35,9 +35,9 @@ CPU_TILE_CORE: int = 192
 
 def cpu_tile_core(width: int = 64) -> int:
     """Core side of the CPU cache tiles for a network of ``width`` hidden channels: :data:`CPU_TILE_CORE` at
-    64 channels and wider, scaled by sqrt(64 / width) below so that a tile's activations take the same bytes.  Measured on a
-    2-core EPYC, volume cascade on 64 × 256 × 256, one thread: width 8 16.9 → 14.5 s and width 16
-    28.1 → 25.6 s with 400-px instead of 192-px cores (fewer, larger calls; larger cores gained nothing more)."""
+    64 channels and wider, scaled by sqrt(64 / width) below, so that a tile's activations take the same bytes.
+    Measured on a 2-core EPYC, volume cascade on 64 × 256 × 256, one thread: width 8 16.9 → 14.5 s and
+    width 16 28.1 → 25.6 s with 400-px instead of 192-px cores (fewer, larger calls; 1024 px gained nothing more)."""
     return max(CPU_TILE_CORE, round(CPU_TILE_CORE * (64 / max(int(width), 1)) ** 0.5))
 
 #: On the CPU outside autograd, a batch of small planes runs in chunks of at most this many pixels

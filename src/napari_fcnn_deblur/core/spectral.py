@@ -170,24 +170,17 @@ def image_gradients(x: torch.Tensor, ndim: int = 2) -> list[torch.Tensor]:
 def zero_outside(t: torch.Tensor, region: tuple[slice, ...]) -> torch.Tensor:
     """``t`` ``(..., *grid)`` with zeros outside ``region`` (one slice per axis of the last ``len(region)``
     axes, steps of 1): ``t`` itself, set in place, or a new tensor when autograd records ``t``."""
-    nd = len(region)
+    dims = range(t.ndim - len(region), t.ndim)
+    bounds = [(d, r.start or 0, t.shape[d] if r.stop is None else min(r.stop, t.shape[d])) for d, r in zip(dims, region)]
     if t.requires_grad and torch.is_grad_enabled():  # out of place: the crop, zero-padded back
-        bounds = [(r.start or 0, t.shape[t.ndim - nd + i] if r.stop is None else min(r.stop, t.shape[t.ndim - nd + i]))
-                  for i, r in enumerate(region)]
-        inner = t[(Ellipsis,) + tuple(slice(a, b) for a, b in bounds)]
-        pads = []
-        for i in reversed(range(nd)):
-            a, b = bounds[i]
-            pads += [a, t.shape[t.ndim - nd + i] - b]
+        inner = t[(Ellipsis,) + tuple(slice(a, b) for _, a, b in bounds)]
+        pads = [p for d, a, b in reversed(bounds) for p in (a, t.shape[d] - b)]
         return torch.nn.functional.pad(inner, pads)
-    for i, r in enumerate(region):
-        dim = t.ndim - nd + i
-        size = t.shape[dim]
-        start, stop = r.start or 0, size if r.stop is None else min(r.stop, size)
-        if start > 0:
-            t.narrow(dim, 0, start).zero_()
-        if stop < size:
-            t.narrow(dim, stop, size - stop).zero_()
+    for d, a, b in bounds:
+        if a > 0:
+            t.narrow(d, 0, a).zero_()
+        if b < t.shape[d]:
+            t.narrow(d, b, t.shape[d] - b).zero_()
     return t
 
 

@@ -366,7 +366,8 @@ class DeblurRun:
         plane_shape = tuple(planes.shape[-2:])
         tile = self._tile_size(plane_shape)
         tiled = needs_tiling(plane_shape, self.kernel.shape, tile)
-        region = self.cascade.prior_region(padding_geometry(plane_shape, self.kernel.shape))
+        geometry = padding_geometry(plane_shape, self.kernel.shape)
+        region = self.cascade.prior_region(geometry)
         if tiled:
             fdev = fft_device(plane_shape, self.kernel.shape, self.device, tile)
             denoise = TiledNetworks(tile, self.device, True, self.autocast_dtype, region=region)
@@ -374,7 +375,7 @@ class DeblurRun:
         else:
             fdev = self.device
             denoise = WholeGrid(True, self.autocast_dtype)
-            hp, wp = padding_geometry(plane_shape, self.kernel.shape).shape
+            hp, wp = geometry.shape
             per = max(1, MAX_BATCH_PIXELS // (hp * wp))
             slices = [slice(i, min(i + per, len(planes))) for i in range(0, len(planes), per)]
         spectra = self._spectra_on(fdev, plane_shape)
