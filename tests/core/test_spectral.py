@@ -5,6 +5,7 @@ import torch
 from napari_fcnn_deblur.core.spectral import (
     circular_blur,
     difference_otfs,
+    gradient_adjoint,
     image_gradients,
     padding_geometry,
     psf2otf,
@@ -24,6 +25,24 @@ def test_difference_otfs_match_image_gradients(shape):
     for p, g in zip(otfs, grads):
         assert torch.allclose(torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * p, s=shape, dim=dims), g, atol=1e-12)
     assert torch.allclose(power, sum(p.abs() ** 2 for p in otfs) * torch.ones_like(power), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (6, 10, 9)])
+def test_gradient_adjoint_is_the_summed_conjugate_difference_filters(shape):
+    d = len(shape)
+    zs = [torch.randn((2,) + shape, dtype=torch.float64) for _ in range(d)]
+    kept = [z.clone() for z in zs]
+    otfs, _ = difference_otfs(shape, dtype=torch.float64)
+    dims = tuple(range(-d, 0))
+    expected = sum(p.conj() * torch.fft.rfftn(z, dim=dims) for p, z in zip(otfs, zs))
+    assert torch.allclose(torch.fft.rfftn(gradient_adjoint(zs), dim=dims), expected, atol=1e-10)
+    assert all(torch.equal(z, k) for z, k in zip(zs, kept))  # inputs untouched
+    # the adjoint: <D x, z> = <x, Dᵀ z> summed over directions
+    x = torch.randn((2,) + shape, dtype=torch.float64)
+    lhs = sum((g * z).sum() for g, z in zip(image_gradients(x, d), zs))
+    assert torch.allclose(lhs, (x * gradient_adjoint(zs)).sum())
+    with pytest.raises(ValueError, match="at least one"):
+        gradient_adjoint([])
 
 
 def test_gradient_order_is_x_then_y_then_z():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spectral import PaddingGeometry, difference_otfs, padding_geometry, psf2otf, taper_weights
+from .spectral import PaddingGeometry, difference_otfs, gradient_adjoint, padding_geometry, psf2otf, taper_weights
 
 #: Small constant added to the denominator of eq. 6 (as in the authors' release).
 EPSILON = 1e-4
@@ -225,13 +225,11 @@ def deconvolve(problem: DeconvProblem, gamma, gradients: Sequence[torch.Tensor] 
     inplace = not torch.is_grad_enabled()
     num = problem.data * g
     if gradients is not None:
-        for p, z in zip(sp.difference_otfs, gradients, strict=True):
-            t = torch.fft.rfftn(z, dim=dims)
-            if inplace:
-                num.add_(t.mul_(p.conj()))
-            else:
-                num = num + p.conj() * t
-            del t
+        if len(gradients) != len(sp.difference_otfs):
+            raise ValueError(f"expected {len(sp.difference_otfs)} gradient images (one per axis), got {len(gradients)}")
+        t = torch.fft.rfftn(gradient_adjoint(gradients), dim=dims)  # Σ_l conj(P_l) Z_l, one transform
+        num = num.add_(t) if inplace else num + t
+        del t
     den = sp.kernel_power * g
     if inplace:
         den = den.add_(sp.difference_power).add_(epsilon)

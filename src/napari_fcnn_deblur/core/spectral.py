@@ -28,6 +28,7 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,6 +166,23 @@ def image_gradients(x: torch.Tensor, ndim: int = 2) -> list[torch.Tensor]:
     (``g[..., i] = x[..., i] - x[..., i - 1]``, wrapping at the frame).
     """
     return [x - torch.roll(x, shifts=1, dims=-(i + 1)) for i in range(ndim)]
+
+
+def gradient_adjoint(gradients: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_l D_lᵀ z_l``: the adjoints of :func:`image_gradients`' circular backward differences applied to
+    ``gradients`` ``[z_x, z_y(, z_z)]`` (each ``(..., *grid)``, the order of :func:`image_gradients`) and summed.
+
+    ``D_lᵀ z = z − roll(z, −1)`` along axis ``-(l + 1)``; its transfer function is ``conj(P_l)`` of
+    :func:`difference_otfs`, so ``rfftn`` of the result is ``Σ_l conj(P_l) Z_l`` with one transform instead of
+    one per direction.
+    """
+    out = None
+    for i, z in enumerate(gradients):
+        t = z - torch.roll(z, shifts=-1, dims=-(i + 1))
+        out = t if out is None else (out.add_(t) if not torch.is_grad_enabled() else out + t)
+    if out is None:
+        raise ValueError("gradient_adjoint needs at least one gradient image")
+    return out
 
 
 def zero_outside(t: torch.Tensor, region: tuple[slice, ...]) -> torch.Tensor:
