@@ -18,6 +18,8 @@ from napari_fcnn_deblur.training.noisemap import (
     NMConfig,
     NoiseMapSource,
     StopControl,
+    add_noise,
+    engine_noise_map,
     initial_cascade,
     stage_batch,
     train_noisemap,
@@ -50,6 +52,22 @@ def test_samples_are_deterministic_and_psfs_normalised():
     assert y1.shape == sd1.shape == (3, 16, 16) and k1.shape == (3, 31, 31) and x1.shape == (3, 46, 46)
     assert torch.equal(y1[1:], y2) and torch.equal(sd1[1:], sd2) and torch.equal(k1[1:], k2)
     assert (sd1 > 0).all()
+
+
+def test_photon_noise_map_is_what_a_run_given_the_true_noise_computes():
+    from napari_fcnn_deblur.engine.noise import NoiseLevel
+
+    clean = np.zeros((40, 40))
+    clean[:, 20:] = 0.8
+    rng = np.random.default_rng(3)
+    cfg = NMConfig(p_gaussian=0.0, map_jitter=0.0, photons_range=(50.0, 50.0), read_max=0.0)
+    y, sd = add_noise(rng, clean, cfg)
+    # the engine's map of the noisy image for σ²(x) = x / 50 (+ the drawn read noise, here 0)
+    assert np.allclose(sd, NoiseLevel.poisson_gaussian(1 / 50, 0.0).sd_planes(y[None])[0], atol=1e-6)
+    assert np.allclose(sd, engine_noise_map(y, 50.0, 0.0))
+    # right on average where the image is flat, but from the noisy data: not the noiseless two-valued map
+    assert abs(sd[:, 25:].mean() / np.sqrt(0.8 / 50) - 1) < 0.05
+    assert sd[:, 25:].std() > 1e-4 and sd[:, :15].max() < 0.03
 
 
 def test_stage_training_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path):

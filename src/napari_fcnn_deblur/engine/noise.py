@@ -107,6 +107,12 @@ class NoiseLevel:
         """Gaussian noise of s.d. ``sigma``."""
         return cls("gaussian", float(sigma), 0.0, float(sigma) ** 2, None, estimated)
 
+    @classmethod
+    def poisson_gaussian(cls, a: float, b: float, sigma: float = 0.0, estimated: bool = False) -> NoiseLevel:
+        """Poisson–Gaussian noise σ²(x) = a·x + b (``sigma``: its effective s.d. when known, for a per-level
+        cascade's choice)."""
+        return cls("poisson-gaussian", float(sigma), float(a), float(b), None, estimated)
+
     @property
     def is_gaussian(self) -> bool:
         """Plain Gaussian noise (one σ everywhere): what the per-level cascades were trained for."""
@@ -307,9 +313,8 @@ def estimate_noise(image, scaling: IntensityScaling | None = None, rgb: bool | N
         lo, hi = np.percentile(x, [5, 95])
         v_lo, v_hi = fit.a * lo + fit.b, fit.a * hi + fit.b
         if v_hi > 0 and v_hi > SIGNAL_DEPENDENCE**2 * max(v_lo, 0.0):
-            level = NoiseLevel("poisson-gaussian", 0.0, fit.a, fit.b, None, True)
-            rms = float(np.sqrt(np.mean(level.sd_at(x) ** 2)))
-            return NoiseLevel("poisson-gaussian", min(rms, MAX_SIGMA), fit.a, fit.b, None, True)
+            rms = float(np.sqrt(np.mean(NoiseLevel.poisson_gaussian(fit.a, fit.b).sd_at(x) ** 2)))
+            return NoiseLevel.poisson_gaussian(fit.a, fit.b, min(rms, MAX_SIGMA), estimated=True)
     return NoiseLevel.gaussian(sigma, estimated=True)
 
 

@@ -7,9 +7,11 @@ Recipe
    microscopy-like PSF (:func:`napari_fcnn_deblur.data.psf.random_psf`), embedded in 31×31; *valid*
    blur; noise per sample, 50 % Gaussian (σ log-uniform in [0.25 %, 15 %]) and 50 %
    Poisson–Gaussian (p photons at intensity 1, p log-uniform in [10, 1000], read noise σ_r uniform
-   in [0, 2 %]: y = Poisson(p·blur)/p + N(0, σ_r²)).  The network's noise map is the true s.d. of
-   each pixel, sqrt(max(blur, 0)/p + σ_r²) from the noiseless blurred image (σ for Gaussian noise),
-   times a per-sample factor 1 ± 10 % so the network tolerates an estimated map at inference.
+   in [0, 2 %]: y = Poisson(p·blur)/p + N(0, σ_r²)).  The network's noise map is what a run given the true
+   noise computes: σ for Gaussian noise, sqrt(max(x/p + σ_r², 0)) at the *noisy* image smoothed as the
+   engine smooths it for Poisson–Gaussian noise (:func:`engine_noise_map`; until session 12 it was the
+   s.d. of the noiseless blur, a clean copy of the signal no run has), times a per-sample factor
+   1 ± 10 % so the network tolerates an estimated map at inference.
    Sample i of a phase depends only on (seed, phase, i), so a resumed run sees the same data.
 2. Stage s (s = 1 … n): the frozen stages < s run through ``Cascade.run`` with γ(σ), and stage s's
    FCNN learns (eq. 7, L1) to map the gradients of that deconvolution (+ the noise map) to the
@@ -56,6 +58,7 @@ from ..core.denoiser import RECEPTIVE_RADIUS, GradientDenoiser, match_memory_for
 from ..data.motion_kernels import embed_centered, random_motion_kernel
 from ..data.psf import random_psf
 from ..data.samples import poisson_gaussian_noise
+from ..engine.noise import NoiseLevel
 from ..io.models import load_cascade, nearest_trained_level, save_cascade
 from .stagewise import (
     KERNEL_BOX,
@@ -138,6 +141,17 @@ def random_kernel(rng: np.random.Generator, p_motion: float = 0.7) -> np.ndarray
     return random_psf(rng, KERNEL_BOX)
 
 
+def engine_noise_map(y: np.ndarray, photons: float, read: float) -> np.ndarray:
+    """The s.d. map a run given the true Poisson–Gaussian noise computes for the noisy ``y`` ((H, W) or
+    (N, H, W), [0, 1] scale): σ²(x) = x / photons + read² at ``y`` smoothed as the engine smooths it
+    (:meth:`~napari_fcnn_deblur.engine.noise.NoiseLevel.sd_planes`), float32 of ``y``'s shape.  Not the
+    s.d. of the noiseless blur: that is a clean copy of the signal, which no run has."""
+    planes = np.asarray(y, np.float32)
+    planes = planes[None] if planes.ndim == 2 else planes
+    sd = NoiseLevel.poisson_gaussian(1.0 / photons, read * read).sd_planes(planes)
+    return sd.reshape(np.shape(y))
+
+
 def add_noise(rng: np.random.Generator, blur: np.ndarray, cfg: NMConfig) -> tuple[np.ndarray, np.ndarray]:
     """Noisy image and the network's noise s.d. map (jittered ±cfg.map_jitter) for a blurred patch."""
     if rng.random() < cfg.p_gaussian:
@@ -149,7 +163,8 @@ def add_noise(rng: np.random.Generator, blur: np.ndarray, cfg: NMConfig) -> tupl
         lo, hi = cfg.photons_range
         p = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         sr = rng.uniform(0.0, cfg.read_max)
-        y, sd = poisson_gaussian_noise(blur, p, sr, rng)
+        y, _ = poisson_gaussian_noise(blur, p, sr, rng)
+        sd = engine_noise_map(y, p, sr)
     sd = sd * (1.0 + cfg.map_jitter * rng.uniform(-1.0, 1.0))
     return y.astype(np.float32), sd.astype(np.float32)
 
@@ -384,7 +399,8 @@ def make_validation_set(images: list[np.ndarray], kernels: list[np.ndarray], cfg
                 sd = np.full(blur.shape, cond[1])
             else:
                 p, sr = cond[1], cond[2]
-                y, sd = poisson_gaussian_noise(blur, p, sr, rng)
+                y, _ = poisson_gaussian_noise(blur, p, sr, rng)
+                sd = engine_noise_map(y, p, sr)
             oy, ox = kk.shape[0] // 2, kk.shape[1] // 2
             gt = crops[:, oy : oy + blur.shape[1], ox : ox + blur.shape[2]]
             cases.append((kt, torch.from_numpy(y.astype(np.float32)), torch.from_numpy(sd.astype(np.float32)),
