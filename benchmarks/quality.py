@@ -24,7 +24,11 @@ Protocol (also written into the report):
 3. Methods (``--methods`` selects; all by default), the cascades through the public
    ``deblur_stages`` on the CPU with ``intensity_range=(0, 1)`` (one run gives every stage):
 
-   - ``noisemap``: the noise-map cascade given the true noise (σ, or the true s.d. map);
+   - ``noisemap``: the noise-map cascade given the true noise: σ, or for photon noise the true noise
+     level function σ²(x) = x/p + σ_r² evaluated as a run evaluates one (at the blurry image smoothed
+     by the engine's box, :meth:`~napari_fcnn_deblur.engine.noise.NoiseLevel.sd_planes`) — not the
+     s.d. of the noiseless blur, which would hand the network the clean signal (rows measured that
+     way before 2026-12-01 are cached under the plain tag and no longer reported);
    - ``noisemap-auto``: the same cascade with ``noise_level="auto"`` (the engine's estimate);
    - ``per-level``: our per-level cascade nearest to σ_eff (``nearest_trained_level``);
    - ``authors``: the authors' released cascade nearest to σ_eff (``--reference``,
@@ -227,8 +231,14 @@ class Case:
     sigma_eff: float
 
     def true_noise(self, cond: Condition):
-        """What ``noise_level=`` is given for the true noise: σ, or the per-pixel s.d. map."""
-        return cond.sigma if self.sd is None else self.sd
+        """What ``noise_level=`` is given for the true noise: σ, or the s.d. map of the true noise level
+        function x/p + σ_r² as a run evaluates it (at the blurry image smoothed by the engine's box)."""
+        if self.sd is None:
+            return cond.sigma
+        from napari_fcnn_deblur.engine.noise import NoiseLevel
+
+        level = NoiseLevel.poisson_gaussian(1.0 / cond.photons, cond.read**2)
+        return level.sd_planes(np.asarray(self.y, np.float32)[None])[0]
 
 
 def sigma_eff_of(sd: np.ndarray) -> float:
@@ -488,16 +498,20 @@ def cascades_for(models: Models, methods, sigma: float) -> list[tuple[str, Casca
     return out
 
 
-def method_tag(method: str, cascade: CascadeMethod) -> str:
-    """Cache method tag: the cascade's, with "-auto" for the noise-map cascade given ``noise_level="auto"``."""
-    if method == "noisemap-auto":
-        name, rest = cascade.tag.split("@", 1)
-        return f"{name}-auto@{rest}"
-    return cascade.tag
+def method_tag(method: str, cascade: CascadeMethod, cond: Condition | None = None) -> str:
+    """Cache method tag: the cascade's, with "-auto" for the noise-map cascade given ``noise_level="auto"``
+    and "-nlf" for it given the true photon noise (:meth:`Case.true_noise`: the noise level function)."""
+    name, rest = cascade.tag.split("@", 1) if "@" in cascade.tag else (cascade.tag, None)
+    suffix = {"noisemap-auto": "-auto"}.get(method, "")
+    if method == "noisemap" and cond is not None and not cond.gaussian:
+        suffix = "-nlf"
+    if not suffix:
+        return cascade.tag
+    return f"{name}{suffix}@{rest}" if rest is not None else f"{name}{suffix}"
 
 
-def stage_keys(method: str, cascade: CascadeMethod) -> list[str]:
-    tag = method_tag(method, cascade)
+def stage_keys(method: str, cascade: CascadeMethod, cond: Condition | None = None) -> list[str]:
+    tag = method_tag(method, cascade, cond)
     return [f"{tag}:s{s}" for s in range(cascade.n + 1)]
 
 
@@ -619,7 +633,7 @@ def baseline_fn(method: str, tuned: dict) -> Callable:
 def pending(cache: Cache, cond: Condition, image: str, kname: str, sigma: float, models: Models, methods, base):
     """The cascades ((method, cascade)) and baselines ((key, fn)) of a case whose results are not cached yet."""
     casc = [(m, c) for m, c in cascades_for(models, methods, sigma)
-            if any(cache.get(cond.key, key, image, kname) is None for key in stage_keys(m, c))]
+            if any(cache.get(cond.key, key, image, kname) is None for key in stage_keys(m, c, cond))]
     return casc, [(key, fn) for key, fn in base if cache.get(cond.key, key, image, kname) is None]
 
 
@@ -685,7 +699,7 @@ def main(argv=None) -> int:
                     for m, c in todo_casc:
                         noise = {"noisemap": case.true_noise(cond), "noisemap-auto": "auto"}.get(m, case.sigma_eff)
                         per_stage, last = c.run(case.y, k, case.gt, noise)
-                        for key, val in zip(stage_keys(m, c), per_stage, strict=True):
+                        for key, val in zip(stage_keys(m, c, cond), per_stage, strict=True):
                             cache.put(cond.key, key, iname, kname, val)
                         if m == "noisemap-auto":
                             cache.update_case(cond.key, iname, kname, auto_sigma=float(last.noise_level),
@@ -787,7 +801,7 @@ class Report:
                 if c is None:
                     rows.append(Row(m, name, lambda i, k: None, models.missing.get("noisemap", "not installed")))
                 else:
-                    rows.append(Row(m, name, lambda i, k, m=m, c=c: stage_keys(m, c)))
+                    rows.append(Row(m, name, lambda i, k, m=m, c=c: stage_keys(m, c, cond)))
             elif m in ("per-level", "per-level-bf16", "authors"):
                 table = {"per-level": models.per_level, "per-level-bf16": models.per_level_bf16,
                          "authors": models.authors}[m]
@@ -987,8 +1001,10 @@ def report(args, images, families, conds, cache, models, tunings, tune_name, gri
         "e.g. `0.01`, a photon one `pg<p>+<σ_r>`):",
         "  - Gaussian: i.i.d. N(0, σ²) on the [0, 1] scale (`data.samples.blur_valid`);",
         "  - Poisson–Gaussian: p photons at intensity 1 and read noise σ_r, y = Poisson(p·x)/p + N(0, σ_r²) of the "
-        "blurred clean image x (`data.samples.blur_valid_photons`). The true noise is the per-pixel s.d. map "
-        "sqrt(x/p + σ_r²); its effective level σ_eff is the RMS of that map (`core.conditioned.effective_sigma`, "
+        "blurred clean image x (`data.samples.blur_valid_photons`). The true noise given to the noise-map "
+        "cascade is the noise level function x/p + σ_r² evaluated as a run evaluates one (at the blurry image "
+        "smoothed by the engine's 5×5 box), never the s.d. of the noiseless blur, which would hand the network "
+        "the clean signal; the effective level σ_eff is the RMS of the true s.d. sqrt(x/p + σ_r²) (`core.conditioned.effective_sigma`, "
         "the engine's definition).",
         "- Scores: output clipped to [0, 1], compared over the whole output with the matching crop of the sharp image "
         "(offset `kernel.shape // 2`): PSNR and SSIM of `skimage.metrics` with `data_range=1` (SSIM defaults: 7×7 "

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -325,4 +326,16 @@ def test_quality_benchmark_conditions():
     case = q.make_case(sharp, k, p, "a.png", "k", 0)
     assert case.sd.shape == case.y.shape == case.gt.shape
     assert case.sigma_eff == pytest.approx(float(np.sqrt(np.mean(case.sd.astype(np.float64) ** 2))), rel=1e-6)
-    assert case.true_noise(p) is case.sd
+    # the true noise level function as a run evaluates it: from the noisy image, not the noiseless blur
+    from napari_fcnn_deblur.engine.noise import NoiseLevel
+
+    true = case.true_noise(p)
+    assert true.shape == case.y.shape
+    np.testing.assert_allclose(true, NoiseLevel.poisson_gaussian(1 / 100, 0.005**2).sd_planes(case.y[None])[0])
+    assert not np.allclose(true, case.sd)
+    assert abs(np.sqrt(np.mean(true**2)) / case.sigma_eff - 1) < 0.1
+    # rows given that map are cached apart from those given the noiseless s.d. before 2026-12-01
+    c = SimpleNamespace(tag="noisemap_cascade.safetensors@abc+pad-k")
+    assert q.method_tag("noisemap", c, p) == "noisemap_cascade.safetensors-nlf@abc+pad-k"
+    assert q.method_tag("noisemap", c, g) == c.tag and q.method_tag("noisemap", c) == c.tag
+    assert q.method_tag("noisemap-auto", c, p) == "noisemap_cascade.safetensors-auto@abc+pad-k"
