@@ -6,6 +6,7 @@ from conftest import line_kernel, psnr
 from napari_fcnn_deblur.core.solver import (
     EPSILON,
     deconvolve,
+    gradient_spectrum,
     kernel_spectra,
     pad_and_taper,
     prepare_problem,
@@ -162,6 +163,25 @@ def test_inference_mode_gives_the_autograd_result():
     with torch.inference_mode():
         b = deconvolve(p, 20.0, zs)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_precomputed_gradient_spectrum_gives_the_same_solve(ndim):
+    shape = (1, 30, 36) if ndim == 2 else (1, 8, 14, 12)
+    k = torch.rand((5,) * ndim, dtype=torch.float64)
+    k /= k.sum()
+    p = prepare_problem(torch.rand(shape, dtype=torch.float64), k, ndim=ndim)
+    zs = [torch.rand((1,) + p.geometry.shape, dtype=torch.float64) for _ in range(ndim)]
+    prior = gradient_spectrum(p, zs)
+    with torch.inference_mode():  # in place: the shared spectrum must not be consumed
+        a = deconvolve(p, 20.0, zs)
+        b = deconvolve(p, 20.0, prior=prior)
+        c = deconvolve(p, 20.0, prior=prior)
+    assert torch.equal(a, b) and torch.equal(b, c)
+    with pytest.raises(ValueError, match="not both"):
+        deconvolve(p, 20.0, zs, prior=prior)
+    with pytest.raises(ValueError, match="one per axis"):
+        gradient_spectrum(p, zs[:1])
 
 
 def test_per_image_gamma_equals_separate_solves():

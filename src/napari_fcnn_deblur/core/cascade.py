@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .denoiser import GradientDenoiser, denoise_gradients
-from .solver import DeconvProblem, deconvolve, prepare_problem, refill_boundary
+from .solver import DeconvProblem, deconvolve, gradient_spectrum, prepare_problem, refill_boundary
 from .spectral import image_gradients, zero_outside
 
 #: Metadata key of a cascade's boundary refills per stage (:func:`~.solver.refill_boundary`; absent = 0).
@@ -246,9 +246,12 @@ class Cascade(nn.Module):
             if r == 0:
                 del x
                 x = deconvolve(problem, gammas[s + 1], zs)
-            for _ in range(r):
-                problem = refill_boundary(problem, x)
-                x = deconvolve(problem, gammas[s + 1], zs)
+            else:
+                prior = gradient_spectrum(problem, zs)  # the same for every refill of this stage
+                for _ in range(r):
+                    problem = refill_boundary(problem, x)
+                    x = deconvolve(problem, gammas[s + 1], prior=prior)
+                del prior
             if not keep_gradients:
                 zs = None
             yield StageTensors(s + 1, x, zs, problem)

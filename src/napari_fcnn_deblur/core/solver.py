@@ -198,8 +198,19 @@ def _per_image(gamma, like: torch.Tensor, d: int):
     return gamma
 
 
+def gradient_spectrum(problem: DeconvProblem, gradients: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_l conj(P_l) Z_l``, the prior's term of eq. 6's numerator (half spectrum), from the denoised gradients
+    ``Z_l`` (``(N, *grid)`` each, one per axis in the order of :func:`~.spectral.image_gradients``): one forward
+    FFT of ``Σ_l D_lᵀ z_l`` (:func:`~.spectral.gradient_adjoint`).  Computed once, it serves every refill of a
+    stage (:func:`deconvolve` ``prior=``)."""
+    n = len(problem.spectra.difference_otfs)
+    if len(gradients) != n:
+        raise ValueError(f"expected {n} gradient images (one per axis), got {len(gradients)}")
+    return torch.fft.rfftn(gradient_adjoint(gradients), dim=_dims(problem.ndim))
+
+
 def deconvolve(problem: DeconvProblem, gamma, gradients: Sequence[torch.Tensor] | None = None,
-               epsilon: float = EPSILON) -> torch.Tensor:
+               epsilon: float = EPSILON, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Solve eq. 6 on the padded grid.
 
     Parameters
@@ -214,6 +225,8 @@ def deconvolve(problem: DeconvProblem, gamma, gradients: Sequence[torch.Tensor] 
     epsilon : float
         Added to the denominator (:data:`EPSILON`; 0 for the half-quadratic
         baselines, whose denominator is positive).
+    prior : complex tensor, optional
+        :func:`gradient_spectrum` of the gradients, instead of ``gradients`` (a stage's refills share it).
 
     Returns
     -------
@@ -224,12 +237,12 @@ def deconvolve(problem: DeconvProblem, gamma, gradients: Sequence[torch.Tensor] 
     g = _per_image(gamma, problem.data, d)
     inplace = not torch.is_grad_enabled()
     num = problem.data * g
+    if gradients is not None and prior is not None:
+        raise ValueError("give the gradients or their spectrum (prior=), not both")
     if gradients is not None:
-        if len(gradients) != len(sp.difference_otfs):
-            raise ValueError(f"expected {len(sp.difference_otfs)} gradient images (one per axis), got {len(gradients)}")
-        t = torch.fft.rfftn(gradient_adjoint(gradients), dim=dims)  # Σ_l conj(P_l) Z_l, one transform
-        num = num.add_(t) if inplace else num + t
-        del t
+        prior = gradient_spectrum(problem, gradients)
+    if prior is not None:
+        num = num.add_(prior) if inplace else num + prior
     den = sp.kernel_power * g
     if inplace:
         den = den.add_(sp.difference_power).add_(epsilon)
