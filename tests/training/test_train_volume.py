@@ -94,6 +94,27 @@ def test_tiny_run_trains_validates_resumes_and_saves(tmp_path, tiny_cfg):
     assert "resumed" in log or "done (" in log
 
 
+def test_snapshot_of_an_interrupted_finetuning_is_a_validated_model(tmp_path, tiny_cfg):
+    init = save_cascade(NoiseMapCascade(3, width=tiny_cfg.width), tmp_path / "planar.safetensors")
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):  # 3 stages × 2 steps, then 1 of the 2 fine-tuning steps
+        tv.train_volume(out, tiny_cfg, torch.device("cpu"), init, log=lambda m: None, stop=StopControl(max_steps=7))
+    assert (out / "finetune.pt").is_file() and not (out / "volume_cascade.safetensors").exists()
+    assert tv.main(["--out", str(out), "--snapshot", "--threads", "1"]) == 0
+    snap = load_cascade(out / "snapshot_finetune_step1.safetensors")
+    assert isinstance(snap, VolumeCascade) and snap.width == tiny_cfg.width
+    state = torch.load(out / "finetune.pt", weights_only=True)["cascade"]
+    for k, v in snap.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    record = json.loads((out / "val.json").read_text())
+    assert all(np.isfinite(record["finetune_step1"]["widefield 100 ph"]))
+    assert "snapshot of fine-tuning step 1/2" in (out / "train.log").read_text()
+    tv.train_volume(out, tiny_cfg, torch.device("cpu"), init, log=lambda m: None)  # the run resumes as before
+    assert (out / "volume_cascade.safetensors").is_file()
+    with pytest.raises(SystemExit):
+        tv.main(["--out", str(out)])  # without --init-from (and not --snapshot)
+
+
 def test_stage_training_lowers_the_loss():
     """A few Adam steps on one fixed batch lower the stage-1 loss (the gradients reach both networks)."""
     torch.manual_seed(0)

@@ -596,15 +596,11 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         logf.close()
 
 
-def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> Path:
-    """The fine-tuning phase's latest checkpoint as a model file, validated like a finished phase.
-
-    For a run cut off (or stopped) before its fine-tuning budget ends: writes
-    ``snapshot_finetune_step<k>.safetensors`` (the architecture and metadata of the folder's latest
-    ``after_*`` file, the checkpoint's weights and γ(σ)), validates it on the run's own validation set
-    (its ``config.json``), records it in ``val.json`` under ``finetune_step<k>`` and logs the table.
-    The run itself is untouched and resumes as before.
-    """
+def finetune_snapshot(out_dir, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
+    """(cascade, checkpoint, file) of a run folder's fine-tuning checkpoint ``finetune.pt`` as a model file
+    ``snapshot_finetune_step<k>.safetensors`` (architecture and metadata from the folder's latest
+    ``after_<phase>.safetensors`` but ``after_finetune``; weights and γ from the checkpoint).  Any cascade
+    trained by this package's phases (noise-map or volume)."""
     out_dir = Path(out_dir)
     ckpt = out_dir / "finetune.pt"
     if not ckpt.is_file():
@@ -616,8 +612,22 @@ def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> P
     cascade = load_cascade(bases[-1]).to(device)
     state = torch.load(ckpt, map_location=device, weights_only=True)
     cascade.load_state_dict(state["cascade"])
-    name = f"finetune_step{int(state['step'])}"
-    path = save_cascade(cascade.eval(), out_dir / f"snapshot_{name}.safetensors")
+    path = save_cascade(cascade.eval(), out_dir / f"snapshot_finetune_step{int(state['step'])}.safetensors")
+    return cascade, state, path
+
+
+def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> Path:
+    """The fine-tuning phase's latest checkpoint as a model file, validated like a finished phase.
+
+    For a run cut off (or stopped) before its fine-tuning budget ends: writes
+    ``snapshot_finetune_step<k>.safetensors`` (the architecture and metadata of the folder's latest
+    ``after_*`` file, the checkpoint's weights and γ(σ)), validates it on the run's own validation set
+    (its ``config.json``), records it in ``val.json`` under ``finetune_step<k>`` and logs the table.
+    The run itself is untouched and resumes as before.
+    """
+    out_dir = Path(out_dir)
+    cascade, state, path = finetune_snapshot(out_dir, device)
+    name = path.stem.removeprefix("snapshot_")
     cfg_path = out_dir / "config.json"
     cfg = NMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(cfg_path.read_text()).items()})
     cfg = replace(cfg, val_conditions=tuple(tuple(c) for c in cfg.val_conditions))

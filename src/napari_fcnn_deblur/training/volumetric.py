@@ -69,7 +69,7 @@ from ..data.phantoms import BENCHMARK_SEED_START, random_phantom_3d
 from ..data.psf3d import confocal_psf_3d, widefield_psf_3d
 from ..engine.noise import NoiseLevel
 from ..io.models import load_cascade, save_cascade
-from .noisemap import Interrupted, Phase, StopControl, phase_name, run_phase, start_index
+from .noisemap import Interrupted, Phase, StopControl, finetune_snapshot, phase_name, run_phase, start_index
 from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
 
@@ -381,10 +381,36 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
         logf.close()
 
 
+def snapshot(out_dir, device: torch.device, log=print) -> Path:
+    """A run folder's fine-tuning checkpoint as a model file, validated like a finished phase (the run's own
+    validation volumes, from its ``config.json``), recorded in ``val.json`` under ``finetune_step<k>`` and
+    logged; the run itself resumes as before (:func:`~.noisemap.finetune_snapshot`)."""
+    out_dir = Path(out_dir)
+    cascade, state, path = finetune_snapshot(out_dir, device)
+    name = path.stem.removeprefix("snapshot_")
+    raw = json.loads((out_dir / "config.json").read_text())
+    cfg = VolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    t = time.time()
+    res = validate(cascade, validation_set(cfg), device)
+    val_path = out_dir / "val.json"
+    record = json.loads(val_path.read_text()) if val_path.is_file() else {}
+    record[name] = res
+    tmp = val_path.with_name(val_path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, val_path)
+    lines = "\n".join(f"  {n:>18}: " + " ".join(f"{v:6.2f}" for v in r) for n, r in res.items())
+    msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
+           f"{path.name}; validation ({time.time() - t:.0f} s): PSNR blurry, stage 0…n\n{lines}")
+    with open(out_dir / "train.log", "a") as f:
+        f.write(msg + "\n")
+    log(msg)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="train the volumetric cascade on synthetic z-stacks (resumable)")
     p.add_argument("--out", required=True)
-    p.add_argument("--init-from", required=True, help="2D noise-map cascade (warm start) or a volume cascade")
+    p.add_argument("--init-from", default=None, help="2D noise-map cascade (warm start) or a volume cascade")
     p.add_argument("--start-at", type=phase_name, default=None, help="the first phase to train (stage1, … or finetune)")
     p.add_argument("--preset", choices=("cpu", "gpu", "tiny"), default="cpu")
     p.add_argument("--device", default="cpu")
@@ -398,10 +424,18 @@ def main(argv=None) -> int:
     p.add_argument("--network-margin", type=int, default=None,
                    help="the stages' priors act on the volume ± this many voxels, zero target gradients in the "
                         "rest of the padded frame (default: keep --init-from's; the networks then skip the frame)")
+    p.add_argument("--snapshot", action="store_true",
+                   help="write and validate the fine-tuning checkpoint of --out as a model file, then exit "
+                        "(the run resumes as before)")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if args.snapshot:
+        snapshot(args.out, torch.device(args.device), log=lambda m: print(m, flush=True))
+        return 0
+    if args.init_from is None:
+        p.error("--init-from is required (except with --snapshot)")
     cfg = VolConfig.preset(args.preset)
     upd = {}
     if args.minutes_stage is not None:
