@@ -20,6 +20,7 @@ from napari_fcnn_deblur.training.noisemap import (
     StopControl,
     add_noise,
     engine_noise_map,
+    finetune_loss,
     initial_cascade,
     stage_batch,
     train_noisemap,
@@ -68,6 +69,25 @@ def test_photon_noise_map_is_what_a_run_given_the_true_noise_computes():
     # right on average where the image is flat, but from the noisy data: not the noiseless two-valued map
     assert abs(sd[:, 25:].mean() / np.sqrt(0.8 / 50) - 1) < 0.05
     assert sd[:, 25:].std() > 1e-4 and sd[:, :15].max() < 0.03
+
+
+def test_log_mse_loss_weighs_every_sample_by_its_db():
+    torch.manual_seed(0)
+    target = torch.rand(2, 8, 8)
+    out = target.clone()
+    out[0] += 0.1 * torch.randn(8, 8)  # a noisy sample
+    out[1] += 0.001 * torch.randn(8, 8)  # a clean one
+    assert torch.isclose(finetune_loss(out, target), (out - target).abs().mean())
+    mse = ((out - target) ** 2).flatten(1).mean(1)
+    assert torch.isclose(finetune_loss(out, target, "log-mse"), (10 * torch.log10(mse)).mean(), atol=1e-4)
+    # halving the clean sample's error counts as much as halving the noisy one's (≈ −3 dB each)
+    a, b = out.clone(), out.clone()
+    a[0] = target[0] + (out[0] - target[0]) / 2 ** 0.5
+    b[1] = target[1] + (out[1] - target[1]) / 2 ** 0.5
+    assert torch.isclose(finetune_loss(a, target, "log-mse"), finetune_loss(b, target, "log-mse"), atol=1e-4)
+    assert finetune_loss(a, target) < finetune_loss(b, target)  # L1: only the noisy one counts much
+    with pytest.raises(ValueError, match="finetune_loss"):
+        finetune_loss(out, target, "l2")
 
 
 def test_stage_training_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path):

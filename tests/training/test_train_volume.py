@@ -3,6 +3,7 @@ a tiny run trains every phase, validates, resumes and writes a loadable volume c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -109,7 +110,9 @@ def test_snapshot_of_an_interrupted_finetuning_is_a_validated_model(tmp_path, ti
     record = json.loads((out / "val.json").read_text())
     assert all(np.isfinite(record["finetune_step1"]["widefield 100 ph"]))
     assert "snapshot of fine-tuning step 1/2" in (out / "train.log").read_text()
-    tv.train_volume(out, tiny_cfg, torch.device("cpu"), init, log=lambda m: None)  # the run resumes as before
+    # the run resumes as before (here with the other fine-tuning loss, as a resumed run may)
+    cfg = dataclasses.replace(tiny_cfg, finetune_loss="log-mse")
+    tv.train_volume(out, cfg, torch.device("cpu"), init, log=lambda m: None)
     assert (out / "volume_cascade.safetensors").is_file()
     with pytest.raises(SystemExit):
         tv.main(["--out", str(out)])  # without --init-from (and not --snapshot)

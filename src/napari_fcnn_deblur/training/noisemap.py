@@ -90,6 +90,7 @@ class NMConfig:
     lr: float = 1e-3
     lr_final: float = 2e-5
     finetune_lr: float = 5e-5
+    finetune_loss: str = "l1"  # or "log-mse" (FINETUNE_LOSSES)
     coeff_lr: float = 0.01
     # wall-clock budgets (minutes; 0 = run the nominal step counts below)
     stage_minutes: tuple[float, ...] = (30.0, 25.0, 25.0)
@@ -331,10 +332,31 @@ def train_stage(cascade: NoiseMapCascade, stage: int, source: NoiseMapSource, cf
                     60.0 * cfg.stage_minutes[stage - 1]), source, cfg, ckpt, device, log, stop)
 
 
+#: End-to-end fine-tuning losses: "l1" (mean absolute error over the batch) or "log-mse" (the mean over the
+#: samples of 10·log10 of each one's mean squared error: minus its PSNR up to a constant, so every sample
+#: counts by its dB, not by its error's size — photon-starved samples no longer drown the clean ones).
+FINETUNE_LOSSES: tuple[str, ...] = ("l1", "log-mse")
+
+
+def check_finetune_loss(kind: str) -> str:
+    if kind not in FINETUNE_LOSSES:
+        raise ValueError(f"finetune_loss must be one of {', '.join(FINETUNE_LOSSES)}, got {kind!r}")
+    return kind
+
+
+def finetune_loss(out: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """The fine-tuning loss of a batch ``(N, ...)`` of final images against their targets (:data:`FINETUNE_LOSSES`)."""
+    if check_finetune_loss(kind) == "l1":
+        return (out - target).abs().mean()
+    mse = (out - target).square().flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(mse + 1e-10).mean()
+
+
 def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, stop: StopControl,
              target: Callable[[torch.Tensor], torch.Tensor] | None = None, name: str = "fine-tuning",
              warm: int = 3, span: int = 10) -> None:
-    """End-to-end fine-tuning of every FCNN and the γ(σ) coefficients (L1 on the final image).
+    """End-to-end fine-tuning of every FCNN and the γ(σ) coefficients (``cfg.finetune_loss`` on the final image,
+    :func:`finetune_loss`; L1 by default).
 
     ``target`` maps a batch's sharp tensor to the final image's target (default: the crop under the
     blurry patch, :func:`~.stagewise.sharp_target`); the volume cascade's samples are already aligned.
@@ -349,12 +371,14 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
         def target(x):
             return sharp_target(x, source.patch)
 
+    kind = check_finetune_loss(cfg.finetune_loss)
+
     def loss(b):
         y, sd, k, x = b
         out = None
         for out in cascade.run(y, k, sd, channels_last=False):
             pass
-        return (out.image - target(x)).abs().mean()
+        return finetune_loss(out.image, target(x), kind)
 
     def lr(step, steps):
         opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.finetune_lr, 0.0)
@@ -670,6 +694,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None)
+    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=None,
+                   help="end-to-end loss: l1 (default) or log-mse (every sample weighted by its dB, not its error)")
     p.add_argument("--refills", type=int, default=None,
                    help="boundary refills per stage to train with (default 0: edge taper only; kept in the model)")
     p.add_argument("--tiny", action="store_true",
@@ -698,7 +724,7 @@ def config_from_args(args) -> NMConfig:
         upd["stage_minutes"] = tuple(float(v) for v in args.minutes_stage.split(","))
     if args.minutes_finetune is not None:
         upd["finetune_minutes"] = args.minutes_finetune
-    for name in ("workers", "seed", "patch", "batch", "val_images", "refills"):
+    for name in ("workers", "seed", "patch", "batch", "val_images", "refills", "finetune_loss"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
     if args.stages is not None:

@@ -69,7 +69,16 @@ from ..data.phantoms import BENCHMARK_SEED_START, random_phantom_3d
 from ..data.psf3d import confocal_psf_3d, widefield_psf_3d
 from ..engine.noise import NoiseLevel
 from ..io.models import load_cascade, save_cascade
-from .noisemap import Interrupted, Phase, StopControl, finetune_snapshot, phase_name, run_phase, start_index
+from .noisemap import (
+    FINETUNE_LOSSES,
+    Interrupted,
+    Phase,
+    StopControl,
+    finetune_snapshot,
+    phase_name,
+    run_phase,
+    start_index,
+)
 from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
 
@@ -94,6 +103,7 @@ class VolConfig:
     lr: float = 5e-4
     lr_final: float = 1e-5
     finetune_lr: float = 3e-5
+    finetune_loss: str = "l1"  # or "log-mse" (training.noisemap.FINETUNE_LOSSES)
     coeff_lr: float = 0.01
     stage_minutes: tuple[float, ...] = (20.0, 20.0, 20.0)
     finetune_minutes: float = 30.0
@@ -424,6 +434,8 @@ def main(argv=None) -> int:
     p.add_argument("--network-margin", type=int, default=None,
                    help="the stages' priors act on the volume ± this many voxels, zero target gradients in the "
                         "rest of the padded frame (default: keep --init-from's; the networks then skip the frame)")
+    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=None,
+                   help="end-to-end loss: l1 (default) or log-mse (every volume weighted by its dB, not its error)")
     p.add_argument("--snapshot", action="store_true",
                    help="write and validate the fine-tuning checkpoint of --out as a model file, then exit "
                         "(the run resumes as before)")
@@ -448,6 +460,8 @@ def main(argv=None) -> int:
         upd["width"] = args.width
     if args.network_margin is not None:
         upd["network_margin"] = check_network_margin(args.network_margin)
+    if args.finetune_loss is not None:
+        upd["finetune_loss"] = args.finetune_loss
     cfg = replace(cfg, **upd)
     stop = StopControl(args.max_steps)
 
