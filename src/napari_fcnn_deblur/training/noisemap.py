@@ -257,6 +257,7 @@ class Phase:
     seconds: float
     warm: int = 5
     span: int = 20
+    loss_name: str = "L1"  # how the log names the loss
 
 
 def run_phase(phase: Phase, source: NoiseMapSource, cfg: NMConfig, ckpt: Path, device, log, stop: StopControl) -> None:
@@ -290,7 +291,7 @@ def run_phase(phase: Phase, source: NoiseMapSource, cfg: NMConfig, ckpt: Path, d
         step += 1
         run_loss, seen = run_loss + loss.item(), seen + 1
         if step % cfg.log_every == 0 or step == steps:
-            log(f"{phase.name} step {step}/{steps} L1 {run_loss / seen:.5f} "
+            log(f"{phase.name} step {step}/{steps} {phase.loss_name} {run_loss / seen:.5f} "
                 f"({seen * phase.batch / (time.time() - t0):.2f} samples/s, lr {phase.opt.param_groups[0]['lr']:.2e})")
             run_loss, seen, t0 = 0.0, 0, time.time()
         interrupted = stop.step()
@@ -384,7 +385,8 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
         opt.param_groups[0]["lr"] = cosine_lr(step, steps, cfg.finetune_lr, 0.0)
 
     run_phase(Phase(name, cascade, "cascade", opt, loss, lr, cfg.finetune_batch, cfg.finetune_steps,
-                    60.0 * cfg.finetune_minutes, warm=warm, span=span), source, cfg, ckpt, device, log, stop)
+                    60.0 * cfg.finetune_minutes, warm=warm, span=span,
+                    loss_name={"l1": "L1", "log-mse": "log-MSE (dB)"}[kind]), source, cfg, ckpt, device, log, stop)
 
 
 # ----------------------------------------------------------------------------- validation
