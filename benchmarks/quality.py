@@ -235,10 +235,9 @@ class Case:
         function x/p + σ_r² as a run evaluates it (at the blurry image smoothed by the engine's box)."""
         if self.sd is None:
             return cond.sigma
-        from napari_fcnn_deblur.engine.noise import NoiseLevel
+        from napari_fcnn_deblur.training.noisemap import engine_noise_map
 
-        level = NoiseLevel.poisson_gaussian(1.0 / cond.photons, cond.read**2)
-        return level.sd_planes(np.asarray(self.y, np.float32)[None])[0]
+        return engine_noise_map(self.y, cond.photons, cond.read)  # the map the noise-map cascade trains on
 
 
 def sigma_eff_of(sd: np.ndarray) -> float:

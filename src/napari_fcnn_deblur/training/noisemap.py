@@ -336,7 +336,7 @@ def train_stage(cascade: NoiseMapCascade, stage: int, source: NoiseMapSource, cf
 #: End-to-end fine-tuning losses: "l1" (mean absolute error over the batch) or "log-mse" (the mean over the
 #: samples of 10·log10 of each one's mean squared error: minus its PSNR up to a constant, so every sample
 #: counts by its dB, not by its error's size — photon-starved samples no longer drown the clean ones).
-FINETUNE_LOSSES: tuple[str, ...] = ("l1", "log-mse")
+FINETUNE_LOSSES: dict[str, str] = {"l1": "L1", "log-mse": "log-MSE (dB)"}  # name → how the log shows it
 
 
 def check_finetune_loss(kind: str) -> str:
@@ -386,7 +386,7 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
 
     run_phase(Phase(name, cascade, "cascade", opt, loss, lr, cfg.finetune_batch, cfg.finetune_steps,
                     60.0 * cfg.finetune_minutes, warm=warm, span=span,
-                    loss_name={"l1": "L1", "log-mse": "log-MSE (dB)"}[kind]), source, cfg, ckpt, device, log, stop)
+                    loss_name=FINETUNE_LOSSES[kind]), source, cfg, ckpt, device, log, stop)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -600,9 +600,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                                  "gammas_at": {f"{s:g}": [round(v, 4) for v in cascade.gammas_at(s)[:, 0].tolist()]
                                                for s in (0.0025, 0.01, 0.03, 0.05, 0.1, 0.15)},
                                  "validation_seconds": round(time.time() - t, 1)}
-                tmp = val_path.with_name(val_path.name + ".tmp")
-                tmp.write_text(json.dumps(record, indent=1))
-                os.replace(tmp, val_path)
+                write_record(val_path, record)
                 lg(f"validation after {phase} ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
 
         checkpoint_phase("init" if init_from is None else f"init_{Path(init_from).stem}")
@@ -620,6 +618,18 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         return record
     finally:
         logf.close()
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write a run's validation record (``val.json``) atomically: a cut-off run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def load_config(cls, path: Path):
+    """A run's configuration dataclass ``cls`` from its ``config.json`` (JSON lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(Path(path).read_text()).items()})
 
 
 def finetune_snapshot(out_dir, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
@@ -654,8 +664,7 @@ def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> P
     out_dir = Path(out_dir)
     cascade, state, path = finetune_snapshot(out_dir, device)
     name = path.stem.removeprefix("snapshot_")
-    cfg_path = out_dir / "config.json"
-    cfg = NMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(cfg_path.read_text()).items()})
+    cfg = load_config(NMConfig, out_dir / "config.json")
     cfg = replace(cfg, val_conditions=tuple(tuple(c) for c in cfg.val_conditions))
     val = make_validation_set(load_image_folder(val_dir), load_kernel_folder(kernel_dir), cfg)
     t = time.time()
@@ -665,9 +674,7 @@ def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> P
     record = json.loads(val_path.read_text()) if val_path.is_file() else {}
     record[name] = {"noisemap_per_stage": res, "shipped": base, "steps": f"{int(state['step'])}/{int(state['steps'])}",
                     "validation_seconds": round(time.time() - t, 1)}
-    tmp = val_path.with_name(val_path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, val_path)
+    write_record(val_path, record)
     msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
            f"{path.name}; validation ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
     with open(out_dir / "train.log", "a") as f:
@@ -696,7 +703,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None)
-    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=None,
+    p.add_argument("--finetune-loss", choices=tuple(FINETUNE_LOSSES), default=None,
                    help="end-to-end loss: l1 (default) or log-mse (every sample weighted by its dB, not its error)")
     p.add_argument("--refills", type=int, default=None,
                    help="boundary refills per stage to train with (default 0: edge taper only; kept in the model)")

@@ -75,9 +75,11 @@ from .noisemap import (
     Phase,
     StopControl,
     finetune_snapshot,
+    load_config,
     phase_name,
     run_phase,
     start_index,
+    write_record,
 )
 from .noisemap import finetune as finetune_cascade
 from .stagewise import cosine_lr, stage_inputs
@@ -301,6 +303,12 @@ def _psnr(est: np.ndarray, gt: np.ndarray) -> float:
     return float(10 * np.log10(peak**2 / np.mean((est - gt) ** 2)))
 
 
+def validation_table(res: dict) -> str:
+    """A :func:`validate` record as the log shows it: a header, then one line of PSNRs per condition."""
+    return "PSNR blurry, stage 0…n\n" + "\n".join(
+        f"  {n:>18}: " + " ".join(f"{v:6.2f}" for v in r) for n, r in res.items())
+
+
 def validate(cascade: VolumeCascade, val: list[dict], device) -> dict:
     """Mean PSNR (dB, peak = the sharp volume's range) of the blurry input and of every stage, per condition."""
     per: dict[str, list[list[float]]] = {}
@@ -369,11 +377,8 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
             if phase not in record:
                 t = time.time()
                 record[phase] = validate(cascade, val, device)
-                tmp = val_path.with_name(val_path.name + ".tmp")
-                tmp.write_text(json.dumps(record, indent=1))
-                os.replace(tmp, val_path)
-                lines = "\n".join(f"  {n:>18}: " + " ".join(f"{v:6.2f}" for v in r) for n, r in record[phase].items())
-                lg(f"validation after {phase} ({time.time() - t:.0f} s): PSNR blurry, stage 0…n\n{lines}")
+                write_record(val_path, record)
+                lg(f"validation after {phase} ({time.time() - t:.0f} s): {validation_table(record[phase])}")
 
         checkpoint_phase("init" if first == 0 else f"init_{Path(init_from).stem}")
         for s in range(first + 1, cfg.n_stages + 1):
@@ -398,19 +403,15 @@ def snapshot(out_dir, device: torch.device, log=print) -> Path:
     out_dir = Path(out_dir)
     cascade, state, path = finetune_snapshot(out_dir, device)
     name = path.stem.removeprefix("snapshot_")
-    raw = json.loads((out_dir / "config.json").read_text())
-    cfg = VolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    cfg = load_config(VolConfig, out_dir / "config.json")
     t = time.time()
     res = validate(cascade, validation_set(cfg), device)
     val_path = out_dir / "val.json"
     record = json.loads(val_path.read_text()) if val_path.is_file() else {}
     record[name] = res
-    tmp = val_path.with_name(val_path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, val_path)
-    lines = "\n".join(f"  {n:>18}: " + " ".join(f"{v:6.2f}" for v in r) for n, r in res.items())
+    write_record(val_path, record)
     msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
-           f"{path.name}; validation ({time.time() - t:.0f} s): PSNR blurry, stage 0…n\n{lines}")
+           f"{path.name}; validation ({time.time() - t:.0f} s): {validation_table(res)}")
     with open(out_dir / "train.log", "a") as f:
         f.write(msg + "\n")
     log(msg)
@@ -434,7 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--network-margin", type=int, default=None,
                    help="the stages' priors act on the volume ± this many voxels, zero target gradients in the "
                         "rest of the padded frame (default: keep --init-from's; the networks then skip the frame)")
-    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=None,
+    p.add_argument("--finetune-loss", choices=tuple(FINETUNE_LOSSES), default=None,
                    help="end-to-end loss: l1 (default) or log-mse (every volume weighted by its dB, not its error)")
     p.add_argument("--snapshot", action="store_true",
                    help="write and validate the fine-tuning checkpoint of --out as a model file, then exit "
