@@ -92,30 +92,37 @@ def scores(est_units: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:
     return float(10 * np.log10(1.0 / mse)), float(structural_similarity(sharp.astype(np.float64), est, data_range=1.0))
 
 
-def rl_iterates(stack: np.ndarray, psf: np.ndarray, photons: float):
-    """Richardson–Lucy on the offset-subtracted stack / p, edge-padded by the PSF's half size: yields
-    (iteration, estimate cropped back) — skimage.restoration.richardson_lucy's update and start (0.5)."""
+def rl_iterates(stack: np.ndarray, psf: np.ndarray, photons: float, pad: bool = True, dtype=np.float64):
+    """Richardson–Lucy on the offset-subtracted stack / p: yields (iteration, estimate) —
+    skimage.restoration.richardson_lucy's update and start (0.5), in ``dtype``.
+
+    ``pad=True`` (this benchmark's RL): edge-padded by the PSF's half size, estimates cropped back.
+    ``pad=False``: exactly skimage's function (no padding: the blur wraps in zeros at the borders),
+    its k-th estimate equal to ``richardson_lucy(y, psf, num_iter=k, clip=False)`` for ``y`` of ``dtype``.
+    """
     from scipy.signal import fftconvolve
 
-    y = np.clip((stack.astype(np.float64) - OFFSET) / photons, 0, None)
-    pad = [(k // 2, k // 2) for k in psf.shape]
-    yp = np.pad(y, pad, mode="edge")
-    crop = tuple(slice(a, -a) for a, _ in pad)
-    k = psf / psf.sum()
+    y = np.clip((stack.astype(np.float64) - OFFSET) / photons, 0, None).astype(dtype)
+    halves = [(k // 2, k // 2) if pad else (0, 0) for k in psf.shape]
+    yp = np.pad(y, halves, mode="edge")
+    crop = tuple(slice(a, yp.shape[i] - a) for i, (a, _) in enumerate(halves))
+    k = (psf / psf.sum()).astype(dtype)
     kf = k[::-1, ::-1, ::-1]
     x = np.full_like(yp, 0.5)
     for it in range(1, max(RL_ITERATIONS) + 1):
         conv = fftconvolve(x, k, mode="same")
-        x = x * fftconvolve(yp / np.maximum(conv, 1e-12), kf, mode="same")
+        conv = np.maximum(conv, 1e-12) if pad else conv + 1e-12  # skimage adds its eps; ours floors
+        x = x * fftconvolve(yp / conv, kf, mode="same")
         yield it, x[crop]
 
 
-def rl_sweep(stack: np.ndarray, psf: np.ndarray, photons: float, sharp: np.ndarray) -> dict[int, tuple]:
-    """(PSNR, SSIM, seconds to reach it) of RL after each count in RL_ITERATIONS (one run)."""
+def rl_sweep(stack: np.ndarray, psf: np.ndarray, photons: float, sharp: np.ndarray, **variant) -> dict[int, tuple]:
+    """(PSNR, SSIM, seconds to reach it) of RL after each count in RL_ITERATIONS (one run); ``variant``:
+    :func:`rl_iterates`' ``pad`` and ``dtype``."""
     out = {}
     t0 = time.perf_counter()
     spent = 0.0
-    for it, x in rl_iterates(stack, psf, photons):
+    for it, x in rl_iterates(stack, psf, photons, **variant):
         if it in RL_ITERATIONS:
             spent += time.perf_counter() - t0
             out[it] = (*scores(x, sharp), spent)

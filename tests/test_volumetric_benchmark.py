@@ -72,3 +72,43 @@ def test_network_margin_benchmark_measures_each_margin_side_by_side(tmp_path, mo
     assert len(rows) == 2 and "+0.000" in rows[0]
     delta = float(rows[1].split("|")[3])
     assert abs(delta) < 1.0  # measured, per volume, against the whole grid
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_unpadded_rl_iterates_are_skimage_richardson_lucy_step_for_step(dtype):
+    """The speed benchmark picks skimage's oracle count with ``rl_iterates(pad=False)``: it must be skimage's function."""
+    from itertools import islice
+
+    import numpy as np
+    from skimage.restoration import richardson_lucy
+
+    vb = _load()
+    psf = vb.psfs()["confocal"]
+    stack, _ = vb.case(3, "confocal", 100.0, psf, (16, 30, 30))
+    y = np.clip((stack.astype(np.float64) - vb.OFFSET) / 100.0, 0, None).astype(dtype)
+    steps = vb.rl_iterates(stack, psf, 100.0, pad=False, dtype=np.dtype(dtype))
+    ours = [x.copy() for _, x in islice(steps, 3)]
+    for n in (1, 3):
+        ref = richardson_lucy(y, (psf / psf.sum()).astype(dtype), num_iter=n, clip=False)
+        assert ours[n - 1].dtype == ref.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(ours[n - 1], ref, rtol=1e-5, atol=1e-6)
+    padded = next(x for it, x in vb.rl_iterates(stack, psf, 100.0) if it == 3)
+    assert padded.shape == stack.shape and not np.allclose(padded, ours[2])  # the benchmark's RL pads
+
+
+def test_speed_report_compares_with_the_fastest_richardson_lucy(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import volume_scale as vs
+
+    run = {"date": "2026-12-01", "started": "06:00", "threads": 1, "processor": "x", "load": 1.0, "cpus": 2}
+    rec = lambda sec, n: {"sec": sec, "peak_rss": 2**30, "iterations": n, "scores": [24.0, 0.7]}  # noqa: E731
+    speed = {"shape": [64, 256, 256], "run": run, "blurry": [22.0, 0.4],
+             "model": {"file": "v.safetensors", "width": 16, "macs_per_voxel_stage": 30000, "network_margin": 2},
+             "rl": rec(18.0, 13), "skimage_float64": rec(14.0, 10), "skimage_float32": rec(8.0, 10),
+             "fp32": {"sec": 24.0, "peak_rss": 2**30, "scores": [26.0, 0.8]}}
+    text = vs.report({"speed": speed})
+    assert "| skimage `richardson_lucy`, float32, best count (10 it) | 8.0 |" in text
+    assert "| ours, 3 stages, fp32 | 24.0 | 1.00 | 26.00 / 0.800 | 3.0 |" in text
+    assert "**not met** — 3.0× the fastest RL's time (1.3× the edge-padded float64 RL's)" in text
+    speed["fp32"]["sec"] = 7.5
+    assert "**met** — 0.9× the fastest RL's time" in vs.report({"speed": speed})
