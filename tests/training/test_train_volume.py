@@ -180,3 +180,28 @@ def test_network_margin_is_trained_with_and_kept(tmp_path, tiny_cfg):
         tv.main(["--out", str(tmp_path / "bad"), "--init-from", str(init), "--network-margin", "x"])
     with pytest.raises(ValueError, match="network margin"):
         tv.main(["--out", str(tmp_path / "bad"), "--init-from", str(init), "--network-margin", "-2"])
+
+
+def test_stages_grows_a_volume_cascade_and_trains_only_the_new_stage(tmp_path, tiny_cfg):
+    """--stages 4 --start-at stage4 from a 3-stage volume cascade: stages 1–3 kept as they were, stage 4 starts as
+    a copy of stage 3 and is trained (then everything end to end), and the file has 4 stages."""
+    start = VolumeCascade(3, width=tiny_cfg.width)
+    init = save_cascade(start, tmp_path / "three.safetensors")
+    out = tmp_path / "deeper"
+    args = ["--out", str(out), "--init-from", str(init), "--preset", "tiny", "--threads", "1", "--stages", "4",
+            "--start-at", "stage4"]
+    assert tv.main(args) == 0
+    grown = load_cascade(out / "after_init_three.safetensors")
+    assert grown.n_stages == 4
+    for k, v in grown.denoisers[3].state_dict().items():
+        torch.testing.assert_close(v, start.denoisers[2].state_dict()[k])
+    after4 = load_cascade(out / "after_stage4.safetensors")
+    for s in range(3):
+        for k, v in after4.denoisers[s].state_dict().items():
+            torch.testing.assert_close(v, start.denoisers[s].state_dict()[k])  # frozen
+    assert any(not torch.equal(v, grown.denoisers[3].state_dict()[k])
+               for k, v in after4.denoisers[3].state_dict().items())
+    final = load_cascade(out / "volume_cascade.safetensors")
+    assert final.n_stages == 4 and len(json.loads((out / "val.json").read_text())["finetune"]["widefield 100 ph"]) == 6
+    with pytest.raises(SystemExit):
+        tv.main(args[:-4] + ["--stages", "4", "--minutes-stage", "1,1"])  # a budget for every stage

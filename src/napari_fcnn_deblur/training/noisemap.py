@@ -507,6 +507,18 @@ def initial_cascade(cfg: NMConfig, models_dir: Path) -> NoiseMapCascade:
     return casc.eval()
 
 
+def stage_count(n_stages: int, preset_minutes: tuple[float, ...] | None = None) -> dict:
+    """Config updates of a ``--stages`` option: ``n_stages`` and, when the stage budgets were not given
+    (``preset_minutes``: the preset's), the preset's budgets with the last one repeated for added stages."""
+    if not isinstance(n_stages, int) or n_stages < 1:
+        raise SystemExit(f"--stages must be at least 1, got {n_stages}")
+    upd: dict = {"n_stages": n_stages}
+    if preset_minutes is not None:
+        m = preset_minutes
+        upd["stage_minutes"] = tuple(m[min(i, len(m) - 1)] for i in range(n_stages))
+    return upd
+
+
 def phase_names(n_stages: int) -> tuple[str, ...]:
     """The phases of a run of an ``n_stages`` cascade, in order (names of their after_<phase>.safetensors files)."""
     return tuple(f"stage{s}" for s in range(1, n_stages + 1)) + ("finetune",)
@@ -737,12 +749,7 @@ def config_from_args(args) -> NMConfig:
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
     if args.stages is not None:
-        if args.stages < 1:
-            raise SystemExit(f"--stages must be at least 1, got {args.stages}")
-        upd["n_stages"] = args.stages
-        if args.minutes_stage is None:  # the preset's budgets, the last one repeated for added stages
-            m = cfg.stage_minutes
-            upd["stage_minutes"] = tuple(m[min(i, len(m) - 1)] for i in range(args.stages))
+        upd.update(stage_count(args.stages, cfg.stage_minutes if args.minutes_stage is None else None))
     cfg = replace(cfg, **upd)
     if len(cfg.stage_minutes) != cfg.n_stages:
         raise SystemExit(f"--minutes-stage needs {cfg.n_stages} values, got {len(cfg.stage_minutes)}")

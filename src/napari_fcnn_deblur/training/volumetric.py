@@ -78,6 +78,7 @@ from .noisemap import (
     load_config,
     phase_name,
     run_phase,
+    stage_count,
     start_index,
     write_record,
 )
@@ -361,6 +362,9 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
         if cascade.width != cfg.width and first == 0:
             # a narrower (or wider) cascade: γ(σ) from the start, new networks trained from stage 1
             cascade = VolumeCascade.fresh_networks(cascade, cfg.width, seed=cfg.seed)
+        if cascade.n_stages < cfg.n_stages:  # a deeper cascade: new stages start as copies of the last one
+            lg(f"{init_from}: {cascade.n_stages} stages → {cfg.n_stages} (new stages start as copies of the last)")
+            cascade = cascade.extended(cfg.n_stages)
         if cascade.n_stages != cfg.n_stages or cascade.width != cfg.width:
             raise ValueError(f"{init_from}: {cascade.n_stages} stages of width {cascade.width}, the config wants "
                              f"{cfg.n_stages} of width {cfg.width}")
@@ -429,6 +433,9 @@ def main(argv=None) -> int:
     p.add_argument("--minutes-stage", default=None)
     p.add_argument("--minutes-finetune", type=float, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--stages", type=int, default=None,
+                   help="stages of the cascade (default 3); a volume cascade with fewer (--init-from) is extended "
+                        "by copies of its last stage, e.g. --stages 4 --start-at stage4")
     p.add_argument("--width", type=int, default=None,
                    help="hidden channels of the networks; another width than --init-from's starts new networks "
                         "(γ(σ) kept) and trains them from stage 1")
@@ -463,7 +470,11 @@ def main(argv=None) -> int:
         upd["network_margin"] = check_network_margin(args.network_margin)
     if args.finetune_loss is not None:
         upd["finetune_loss"] = args.finetune_loss
+    if args.stages is not None:
+        upd.update(stage_count(args.stages, cfg.stage_minutes if args.minutes_stage is None else None))
     cfg = replace(cfg, **upd)
+    if len(cfg.stage_minutes) != cfg.n_stages:
+        p.error(f"--minutes-stage needs {cfg.n_stages} values, got {len(cfg.stage_minutes)}")
     stop = StopControl(args.max_steps)
 
     def on_signal(signum, frame):
