@@ -5,9 +5,11 @@
 #
 #   scripts/gpu_session.sh noisemap OUT [MINUTES]  end-to-end fine-tuning of the shipped noise-map cascade with its
 #                                                  boundary refills (default 6 min), validated before and after
-#   scripts/gpu_session.sh noisemap4 OUT [MINUTES]  a 4th stage for it (a copy of stage 3, trained stage-wise for
-#                                                  MINUTES/2, default 8 in all), then all four end to end
+#   scripts/gpu_session.sh noisemap-deeper OUT [MINUTES]  one more stage for it (a copy of its last, trained
+#                                                  stage-wise for MINUTES/2, default 8 in all), then all end to end
 #   scripts/gpu_session.sh volume OUT [MINUTES]    end-to-end fine-tuning of the shipped volume cascade (default 6 min)
+#   scripts/gpu_session.sh volume-deeper OUT [MINUTES]  one more stage for the volume cascade, as noisemap-deeper
+# LOSS (default log-mse) is the end-to-end loss of every fine-tuning here (l1 or log-mse).
 #   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
 #                                                  noise-map rows of every condition of issue 14; starts from
 #                                                  benchmarks/results/quality_cache.json when carried (name it in
@@ -20,7 +22,7 @@
 # PYTHON=python checks the noisemap and quality plumbing on any machine in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT="${1:?usage: scripts/gpu_session.sh noisemap|noisemap4|volume|quality|speed OUT [...]}"
+WHAT="${1:?usage: scripts/gpu_session.sh noisemap|noisemap-deeper|volume|volume-deeper|quality|speed OUT [...]}"
 OUT="${2:?usage: scripts/gpu_session.sh $WHAT OUT [...]}"
 shift 2
 SHARED="${SHARED:-../shared}"
@@ -30,27 +32,45 @@ mkdir -p "$OUT"
 CLI=("$PY" -m napari_fcnn_deblur.cli)
 DEVICE="${DEVICE:-cuda}"
 PRESET="${PRESET:-gpu}"  # PRESET=tiny DEVICE=cpu: a smoke test of the plumbing on any machine
+LOSS="${LOSS:-log-mse}"
+NM_MODEL=src/napari_fcnn_deblur/models/noisemap_cascade.safetensors
+VOL_MODEL=src/napari_fcnn_deblur/models/volume_cascade.safetensors
+# stage count / boundary refills of a model file
+model_attr() { "$PY" -c "from napari_fcnn_deblur.io.models import load_cascade; print(load_cascade('$1').$2)"; }
 case "$WHAT" in
   noisemap)
     MIN="${1:-6}"
     "${CLI[@]}" train-noisemap --preset "$PRESET" --device "$DEVICE" --data "$SHARED/data/train/train400" \
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
-      --init-from src/napari_fcnn_deblur/models/noisemap_cascade.safetensors --start-at finetune \
-      --minutes-finetune "$MIN" --refills 3 2>&1 | tee -a "$OUT/noisemap.log"
+      --init-from "$NM_MODEL" --start-at finetune --stages "$(model_attr "$NM_MODEL" n_stages)" \
+      --minutes-finetune "$MIN" --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" \
+      2>&1 | tee -a "$OUT/noisemap.log"
     ;;
-  noisemap4)
+  noisemap-deeper)
     MIN="${1:-8}"
     HALF=$("$PY" -c "print(${MIN} / 2)")
+    N=$(( $(model_attr "$NM_MODEL" n_stages) + 1 ))
     "${CLI[@]}" train-noisemap --preset "$PRESET" --device "$DEVICE" --data "$SHARED/data/train/train400" \
-      --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap4" \
-      --init-from src/napari_fcnn_deblur/models/noisemap_cascade.safetensors --stages 4 --start-at stage4 \
-      --minutes-stage "0,0,0,$HALF" --minutes-finetune "$HALF" --refills 3 2>&1 | tee -a "$OUT/noisemap4.log"
+      --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap-deeper" \
+      --init-from "$NM_MODEL" --stages "$N" --start-at "stage$N" \
+      --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
+      --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
     ;;
   volume)
     MIN="${1:-6}"
     "$PY" -m napari_fcnn_deblur.training.volumetric --preset "$PRESET" --device "$DEVICE" --out "$OUT/volume" \
-      --init-from src/napari_fcnn_deblur/models/volume_cascade.safetensors --start-at finetune \
-      --minutes-finetune "$MIN" 2>&1 | tee -a "$OUT/volume.log"
+      --init-from "$VOL_MODEL" --start-at finetune --stages "$(model_attr "$VOL_MODEL" n_stages)" \
+      --width "$(model_attr "$VOL_MODEL" width)" --minutes-finetune "$MIN" --finetune-loss "$LOSS" \
+      2>&1 | tee -a "$OUT/volume.log"
+    ;;
+  volume-deeper)
+    MIN="${1:-8}"
+    HALF=$("$PY" -c "print(${MIN} / 2)")
+    N=$(( $(model_attr "$VOL_MODEL" n_stages) + 1 ))
+    "$PY" -m napari_fcnn_deblur.training.volumetric --preset "$PRESET" --device "$DEVICE" --out "$OUT/volume-deeper" \
+      --init-from "$VOL_MODEL" --stages "$N" --start-at "stage$N" --width "$(model_attr "$VOL_MODEL" width)" \
+      --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
+      --finetune-loss "$LOSS" 2>&1 | tee -a "$OUT/volume-deeper.log"
     ;;
   quality)
     CACHE="benchmarks/results/quality_cache.json"
@@ -67,7 +87,7 @@ case "$WHAT" in
     "$PY" benchmarks/speed.py --out "$OUT/benchmarks.md" 2>&1 | tee -a "$OUT/speed.log"
     ;;
   *)
-    echo "unknown command $WHAT (noisemap, noisemap4, volume, quality, speed)" >&2
+    echo "unknown command $WHAT (noisemap, noisemap-deeper, volume, volume-deeper, quality, speed)" >&2
     exit 2
     ;;
 esac
