@@ -62,6 +62,7 @@ from ..engine.noise import NoiseLevel
 from ..io.models import load_cascade, nearest_trained_level, save_cascade
 from .stagewise import (
     KERNEL_BOX,
+    RunLog,
     SampleSource,
     batches,
     cosine_lr,
@@ -559,13 +560,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    logf = open(out_dir / "train.log", "a")
-
-    def lg(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        log(line)
-        logf.write(line + "\n")
-        logf.flush()
+    lg = RunLog(out_dir / "train.log", log)
 
     try:
         cfg_path = out_dir / "config.json"
@@ -629,7 +624,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         lg(f"done: {final}")
         return record
     finally:
-        logf.close()
+        lg.close()
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -687,11 +682,11 @@ def snapshot(val_dir, kernel_dir, out_dir, device: torch.device, log=print) -> P
     record[name] = {"noisemap_per_stage": res, "shipped": base, "steps": f"{int(state['step'])}/{int(state['steps'])}",
                     "validation_seconds": round(time.time() - t, 1)}
     write_record(val_path, record)
-    msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
+    msg = (f"snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
            f"{path.name}; validation ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
-    with open(out_dir / "train.log", "a") as f:
-        f.write(msg + "\n")
-    log(msg)
+    lg = RunLog(out_dir / "train.log", log)
+    lg(msg)
+    lg.close()
     return path
 
 

@@ -51,6 +51,25 @@ DEFAULT_GAMMAS = {
 KERNEL_BOX = 31  # every training kernel is embedded in 31×31 (sizes 11–31)
 
 
+
+class RunLog:
+    """A training run's log: ``lg(msg)`` prints ``[HH:MM:SS] <prefix><msg>`` through ``log`` and appends it to
+    ``path`` (the run's ``train.log``, flushed at once so that a cut-off run keeps every line); ``close()`` ends it."""
+
+    def __init__(self, path, log=print, prefix: str = "") -> None:
+        self._file = open(path, "a")
+        self._log = log
+        self._prefix = prefix
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {self._prefix}{msg}"
+        self._log(line)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
 @dataclass
 class TrainConfig:
     """Sizes of one training run (all three levels)."""
@@ -611,13 +630,7 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
         lvl_dir = out_dir / f"noise{level:.2f}"
         lvl_dir.mkdir(exist_ok=True)
         final = lvl_dir / "cascade.safetensors"
-        logf = open(lvl_dir / "train.log", "a")
-
-        def lg(msg, _f=logf, _l=level):
-            line = f"[{time.strftime('%H:%M:%S')}] σ={_l:g} {msg}"
-            log(line)
-            _f.write(line + "\n")
-            _f.flush()
+        lg = RunLog(lvl_dir / "train.log", log, prefix=f"σ={level:g} ")
 
         val = make_validation_set(val_images, val_kernels, level, cfg)
         if final.is_file():
@@ -675,7 +688,7 @@ def train_all(train_dir, val_dir, kernel_dir, out_dir, cfg: TrainConfig, device:
             target = Path(models_dir) / f"fcnn_noise{level:.2f}.safetensors"
             _install_if_better(final, per_stage[-1], target, val, device, lg)
         prev_level_cascade = cascade
-        logf.close()
+        lg.close()
     (out_dir / "report.json").write_text(json.dumps({str(k): v for k, v in report.items()}, indent=1))
     return report
 

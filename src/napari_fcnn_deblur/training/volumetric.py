@@ -83,7 +83,7 @@ from .noisemap import (
     write_record,
 )
 from .noisemap import finetune as finetune_cascade
-from .stagewise import cosine_lr, stage_inputs
+from .stagewise import RunLog, cosine_lr, stage_inputs
 
 #: Every training PSF is cut to this centred (Z, Y, X) box (odd) and renormalised.
 PSF_BOX: tuple[int, int, int] = (15, 21, 21)
@@ -339,13 +339,7 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or StopControl()
-    logf = open(out_dir / "train.log", "a")
-
-    def lg(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        log(line)
-        logf.write(line + "\n")
-        logf.flush()
+    lg = RunLog(out_dir / "train.log", log)
 
     try:
         cfg_path = out_dir / "config.json"
@@ -397,7 +391,7 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
         lg(f"done: {final}")
         return record
     finally:
-        logf.close()
+        lg.close()
 
 
 def snapshot(out_dir, device: torch.device, log=print) -> Path:
@@ -414,11 +408,11 @@ def snapshot(out_dir, device: torch.device, log=print) -> Path:
     record = json.loads(val_path.read_text()) if val_path.is_file() else {}
     record[name] = res
     write_record(val_path, record)
-    msg = (f"[{time.strftime('%H:%M:%S')}] snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
+    msg = (f"snapshot of fine-tuning step {int(state['step'])}/{int(state['steps'])} → "
            f"{path.name}; validation ({time.time() - t:.0f} s): {validation_table(res)}")
-    with open(out_dir / "train.log", "a") as f:
-        f.write(msg + "\n")
-    log(msg)
+    lg = RunLog(out_dir / "train.log", log)
+    lg(msg)
+    lg.close()
     return path
 
 
