@@ -26,11 +26,18 @@ Protocol (also written into the report):
    (fp32) for each ``--sizes`` entry and stage count S (1 stage for the large volumes: the peak is
    one stage's, the same at 1 and 3 stages, which the table shows for the small ones).
 
+5. GPU (``--device cuda``, issue 13: "report the time for a 1024×1024×100 volume"): benchmark volume 0
+   made at ``--gpu-size`` (default 100 × 1024 × 1024), ``deblur(stack, psf, noise_level="auto",
+   device=..., precision=P)`` for P = fp32 and bf16 in a fresh child each: the first call (CUDA start,
+   cuFFT plans, weights to the device included) and a second call on the same data, both to the last
+   synchronisation, and the device's peak allocated memory.  The CPU rows are not run then.
+
 Results are cached in ``benchmarks/results/volume_scale.json`` (a run adds to them); the report
 replaces the ``## Volumetric speed and memory`` section of ``--out``.
 
     python benchmarks/volume_scale.py --threads 1
     python benchmarks/volume_scale.py --threads 1 --skip-speed --sizes 64x1024x1024:1   # one more row
+    python benchmarks/volume_scale.py --device cuda                 # the GPU rows (scripts/gpu_session.sh volume-speed)
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ PHOTONS = 100.0
 GIB = 1024**3
 #: Default memory rows: (Z, Y, X), stages.
 SIZES = ("64x128x128:1", "64x128x128:3", "64x256x256:1", "64x512x512:1")
+#: The GPU row's volume (Z, Y, X): issue 13's 1024 × 1024 × 100.
+GPU_SHAPE = (100, 1024, 1024)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -117,6 +126,8 @@ def child_main(args) -> int:
             dtype = np.dtype(args.dtype)
             y = np.clip((stack.astype(np.float64) - OFFSET) / PHOTONS, 0, None).astype(dtype)
             out = richardson_lucy(y, (psf / psf.sum()).astype(dtype), num_iter=args.rl_iterations, clip=False)
+        elif args.device != "cpu":
+            out = gpu_calls(stack, psf, args, rec)
         else:
             from napari_fcnn_deblur.engine.volume import VolumeRun
 
@@ -130,6 +141,27 @@ def child_main(args) -> int:
         np.save(args.output, np.asarray(out, np.float32))
     print(json.dumps(rec))
     return 0
+
+
+def gpu_calls(stack: np.ndarray, psf: np.ndarray, args, rec: dict) -> np.ndarray:
+    """The public ``deblur`` on a GPU twice (the first call starts CUDA and plans the FFTs), each timed to its
+    last synchronisation; the device's peak allocated memory.  Fills ``rec``; returns the second result."""
+    import torch
+
+    from napari_fcnn_deblur import deblur
+
+    dev = torch.device(args.device)
+    out = None
+    for name in ("first_sec", "second_sec"):
+        torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        out = deblur(stack, psf, "auto", iterations=args.iterations, device=args.device, precision=args.precision,
+                     model=args.model)
+        torch.cuda.synchronize(dev)
+        rec[name] = time.perf_counter() - t0
+    rec["gpu_peak"] = torch.cuda.max_memory_allocated(dev)
+    rec["gpu_name"] = torch.cuda.get_device_name(dev)
+    return out
 
 
 def run_child(work: Path, stack: np.ndarray, psf: np.ndarray, threads: int, *extra: str,
@@ -255,6 +287,52 @@ def measure(cache_path: Path, sizes, threads: int, speed: bool, speed_shape=SPEE
     return cache
 
 
+def measure_gpu(cache_path: Path, shape, device: str, precisions, log=print, model: str | None = None) -> dict:
+    """The GPU rows (protocol 5): one fresh child per precision on benchmark volume 0 at ``shape``."""
+    cache = load_json(cache_path)
+    extra_model = ("--model", str(model)) if model else ()
+    psf = psfs()["widefield"]
+    stack, sharp = case(0, "widefield", PHOTONS, psf, tuple(shape))
+    rec = {"shape": list(shape), "device": device, "model": model_info(model), "rows": {},
+           "run": {"date": datetime.date.today().isoformat(), "started": datetime.datetime.now().strftime("%H:%M"),
+                   "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+           "blurry": scores((stack - OFFSET) / PHOTONS, sharp)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for precision in precisions:
+            r = run_child(work, stack, psf, 0, "ours", "--device", device, "--precision", precision,
+                          "--iterations", "3", *extra_model, output=work / "ours.npy")
+            r["scores"] = scores((np.load(work / "ours.npy") - OFFSET) / PHOTONS, sharp)
+            rec["rows"][precision] = r
+            log(f"GPU {precision}: first call {r['first_sec']:.1f} s, second {r['second_sec']:.1f} s, "
+                f"{r['gpu_peak'] / GIB:.1f} GiB on the device, {r['scores'][0]:.2f} dB")
+    cache["gpu"] = rec
+    save_json(cache_path, cache)
+    return cache
+
+
+def gpu_report(cache: dict) -> list[str]:
+    """Lines of the GPU part: the measured rows, or how to measure them."""
+    g = cache.get("gpu")
+    size = " × ".join(str(v) for v in GPU_SHAPE)
+    if not g:
+        return [f"GPU ({size}): not measured yet — no GPU has been lent to this project; "
+                "`scripts/gpu_session.sh volume-speed OUT` measures it (`benchmarks/volume_scale.py --device cuda`).",
+                ""]
+    size = " × ".join(str(v) for v in g["shape"])
+    name = next(iter(g["rows"].values())).get("gpu_name", g["device"])
+    lines = [f"GPU, {size} (uint16 camera stack, benchmark volume 0 made at that size; {name}, "
+             f"{g['run']['date']}; `deblur(..., noise_level=\"auto\", device=\"{g['device']}\")`, "
+             f"`{g['model']['file']}`, 3 stages):", "",
+             "| precision | first call (s, CUDA start included) | second call (s) | peak GPU memory (GiB) | "
+             "PSNR / SSIM |", "|---|---|---|---|---|",
+             f"| blurry | | | | {g['blurry'][0]:.2f} / {g['blurry'][1]:.3f} |"]
+    for p, r in g["rows"].items():
+        lines.append(f"| {p} | {r['first_sec']:.1f} | {r['second_sec']:.1f} | {r['gpu_peak'] / GIB:.2f} | "
+                     f"{r['scores'][0]:.2f} / {r['scores'][1]:.3f} |")
+    return lines + [""]
+
+
 def speed_summary(rec: dict) -> dict:
     """One speed run in a line of the history: its start, RL's and the cascade's seconds."""
     return {"run": rec["run"], "shape": rec["shape"], "rl_iterations": rec["rl"]["iterations"],
@@ -355,6 +433,7 @@ def report(cache: dict) -> str:
             "FFT convolutions per iteration.",
             "",
         ]
+    lines += gpu_report(cache)
     mem = cache.get("memory", {})
     if mem:
         lines += [
@@ -403,6 +482,9 @@ def main(argv=None) -> int:
     p.add_argument("--speed-size", type=parse_size, default=(SPEED_SHAPE, 3),
                    help="the benchmark volume ZxYxX (default 64x256x256; the memory rows keep its Z)")
     p.add_argument("--report-only", action="store_true", help="write the section from the cache")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default: the CPU rows), or a GPU (cuda, cuda:N): only the GPU rows (protocol 5)")
+    p.add_argument("--gpu-size", type=parse_size, default=(GPU_SHAPE, 3), help="the GPU row's volume ZxYxX")
     # child mode
     p.add_argument("--child", choices=("ours", "rl", "skimage"), help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float64", choices=SKIMAGE_DTYPES, help=argparse.SUPPRESS)
@@ -418,6 +500,14 @@ def main(argv=None) -> int:
         return child_main(args)
     if args.report_only:
         cache = json.loads(args.cache.read_text())
+    elif args.device != "cpu":
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            p.error(f"--device {args.device}: the GPU rows need a CUDA device (torch.cuda.is_available() is "
+                    f"{torch.cuda.is_available()})")
+        cache = measure_gpu(args.cache, args.gpu_size[0], args.device, tuple(args.precisions or ("fp32", "bf16")),
+                            model=args.model)
     else:
         cache = measure(args.cache, args.sizes, args.threads, not args.skip_speed, args.speed_size[0],
                         tuple(args.precisions or default_precisions()), model=args.model)

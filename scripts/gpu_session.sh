@@ -12,17 +12,19 @@
 # LOSS (default log-mse) is the end-to-end loss of every fine-tuning here (l1 or log-mse).
 #   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
 #                                                  noise-map rows of every condition of issue 14; starts from
-#                                                  benchmarks/results/quality_cache.json when carried (name it in
-#                                                  the device call's carry: it is git-ignored), writes
+#                                                  benchmarks/results/quality_cache.json (committed), writes
 #                                                  OUT/quality_cache.json, a superset to copy back, and OUT/quality.md)
 #   scripts/gpu_session.sh speed OUT               benchmarks/speed.py on the GPU (its report in OUT/benchmarks.md)
+#   scripts/gpu_session.sh volume-speed OUT        issue 13's GPU time for a 100 × 1024 × 1024 volume, fp32 and bf16
+#                                                  (benchmarks/volume_scale.py --device cuda; OUT/volume_scale.json
+#                                                  and OUT/benchmarks.md to copy back)
 #
 # Afterwards, here: install a fine-tuned model only if its validation (OUT/*/train.log, val.json) beats the shipped
 # one, as docs/models.md describes. SHARED (default ../shared) is the data folder. PRESET=tiny DEVICE=cpu
 # PYTHON=python checks the noisemap and quality plumbing on any machine in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT="${1:?usage: scripts/gpu_session.sh noisemap|noisemap-deeper|volume|volume-deeper|quality|speed OUT [...]}"
+WHAT="${1:?usage: scripts/gpu_session.sh noisemap|noisemap-deeper|volume|volume-deeper|quality|speed|volume-speed OUT [...]}"
 OUT="${2:?usage: scripts/gpu_session.sh $WHAT OUT [...]}"
 shift 2
 SHARED="${SHARED:-../shared}"
@@ -86,8 +88,14 @@ case "$WHAT" in
   speed)
     "$PY" benchmarks/speed.py --out "$OUT/benchmarks.md" 2>&1 | tee -a "$OUT/speed.log"
     ;;
+  volume-speed)  # issue 13's GPU row: a 100 × 1024 × 1024 volume, fp32 and bf16 (copy OUT/volume_scale.json back)
+    cp benchmarks/results/volume_scale.json "$OUT/volume_scale.json"
+    cp docs/benchmarks.md "$OUT/benchmarks.md"
+    "$PY" benchmarks/volume_scale.py --device "$DEVICE" --cache "$OUT/volume_scale.json" --out "$OUT/benchmarks.md" \
+      "$@" 2>&1 | tee -a "$OUT/volume-speed.log"
+    ;;
   *)
-    echo "unknown command $WHAT (noisemap, noisemap-deeper, volume, volume-deeper, quality, speed)" >&2
+    echo "unknown command $WHAT (noisemap, noisemap-deeper, volume, volume-deeper, quality, speed, volume-speed)" >&2
     exit 2
     ;;
 esac

@@ -46,6 +46,33 @@ def test_dask_runs_one_task_per_volume(case):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_dask_chunks_holding_several_volumes_become_one_task_per_volume(case):
+    da = pytest.importorskip("dask.array")
+    y, psf, _, vc = case
+    stack = np.stack([y, y[:, ::-1], y[:, :, ::-1]])
+    lazy = deblur(da.from_array(stack, chunks=(3, 11, 20, 20)), psf, 0.01, model=vc, device="cpu", iterations=1)
+    assert lazy.numblocks == (3, 1, 1, 1)
+    np.testing.assert_allclose(lazy.compute(), deblur(stack, psf, 0.01, model=vc, device="cpu", iterations=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_one_3d_psf_serves_every_channel_even_when_kz_equals_the_channel_count(case, axis):
+    y, _, _, vc = case
+    psf = widefield_psf_3d((3, 11, 11), (0.3, 0.1, 0.1), 1.2, 0.52, 1.333)  # kz = 3 = the channel count
+    channels = [y, 0.5 * y, y[:, ::-1]]
+    stack = np.stack(channels, axis=axis)
+    out = deblur(stack, psf, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
+    assert out.shape == stack.shape
+    for c, ch in enumerate(channels):
+        np.testing.assert_allclose(np.take(out, c, axis=axis),
+                                   deblur(ch, psf, 0.01, model=vc, device="cpu", iterations=1), rtol=1e-5, atol=1e-6)
+    per = deblur(stack, [psf] * 3, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
+    np.testing.assert_array_equal(per, out)
+    stages = list(deblur_stages(stack, psf, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis))
+    np.testing.assert_array_equal(stages[-1].image, out)
+
+
 def test_dask_volumes_too_large_for_one_tile_stay_one_task_with_networks_in_tiles(case):
     da = pytest.importorskip("dask.array")
     y, psf, _, vc = case

@@ -121,9 +121,11 @@ def deblur(
     channel_axis : int or None
         The axis of ``image`` that holds channels (fluorophores), deblurred as separate images:
         each with its own intensity map and noise estimate, and with its own kernel when
-        ``kernel`` is a list of C kernels or a (C, kh, kw) array (``noise_level`` may also be a
-        list of C values).  None applies the default rule ((Y, X, 3|4) is RGB(A), see
-        :mod:`.engine.layout`).  For volumes pass one 3D PSF per channel as a list.
+        ``kernel`` is a list of C kernels or, for 2D channel images, a (C, kh, kw) array
+        (``noise_level`` may also be a list of C values).  None applies the default rule
+        ((Y, X, 3|4) is RGB(A), see :mod:`.engine.layout`).  Volumes ((C, Z, Y, X), (Z, C, Y, X)):
+        one 3D PSF for every channel, or a list of C PSFs (one per emission wavelength)
+        (:func:`~.engine.channels.channel_kernels`).
     spacing, psf_spacing : sequences of float or None
         Pixel/voxel sizes ((dz,) dy, dx, one unit) of the image and of the PSF: a PSF recorded
         at another size is resampled to the image's grid (:func:`~.engine.kernels.kernel_on_grid`).
@@ -156,7 +158,8 @@ def deblur(
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, len(image.shape))
         n = image.shape[axis]
-        kernels, levels = channel_kernels(kernel, n), channel_noise_levels(noise_level, n, image.shape, axis)
+        kernels = channel_kernels(kernel, n, len(image.shape) - 1)
+        levels = channel_noise_levels(noise_level, n, image.shape, axis)
         outs = [deblur(channel_view(image, axis, c), kernels[c], levels[c], iterations, device, model, tile_size,
                        intensity_range, precision, spacing=spacing, psf_spacing=psf_spacing) for c in range(n)]
         if is_dask(image):
@@ -171,7 +174,7 @@ def deblur(
                                  spacing, psf_spacing, tile_size)
         if is_dask(image):  # one task per volume, its networks in memory-bounded tiles
             lead = len(image.shape) - 3
-            whole = image.rechunk({lead: -1, lead + 1: -1, lead + 2: -1})
+            whole = image.rechunk({**{a: 1 for a in range(lead)}, lead: -1, lead + 1: -1, lead + 2: -1})
             return whole.map_blocks(lambda b: vrun.deblur(b), dtype="float32")
         return vrun.deblur(image)
     kernel = _planar_kernel(kernel, spacing, psf_spacing)
@@ -215,7 +218,8 @@ def deblur_stages(
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, a.ndim)
         n = a.shape[axis]
-        kernels, levels = channel_kernels(kernel, n), channel_noise_levels(noise_level, n, a.shape, axis)
+        kernels = channel_kernels(kernel, n, a.ndim - 1)
+        levels = channel_noise_levels(noise_level, n, a.shape, axis)
         runs = [_stage_run(channel_view(a, axis, c), kernels[c], levels[c], iterations, device, model,
                            intensity_range, precision, spacing, psf_spacing) for c in range(n)]
         if len({r.iterations for r in runs}) != 1:

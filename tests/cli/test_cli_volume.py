@@ -84,3 +84,50 @@ def test_measured_bead_stack_is_prepared(files, tmp_path, capsys):
     assert main(["deblur", str(stack), "-k", str(bead_file), "--model", str(model), "--iterations", "1",
                  "-o", str(tmp_path / "c.tif")]) == 0
     assert "measured 3D PSF" in capsys.readouterr().err
+
+
+def test_ome_tiff_volume_keeps_its_physical_sizes_and_resamples_the_psf(files, tmp_path):
+    d, data, sharp, _, _, fine, model = files
+    ome = tmp_path / "in.ome.tif"
+    tifffile.imwrite(ome, data, metadata={"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
+                                          "PhysicalSizeZ": 0.3})
+    psf = tmp_path / "psf.ome.tif"
+    tifffile.imwrite(psf, fine.astype(np.float32), metadata={"axes": "ZYX", "PhysicalSizeX": 50.0,
+                                                             "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 50.0,
+                                                             "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 0.15})
+    out = tmp_path / "out.ome.tif"
+    assert main(["deblur", str(ome), "-k", str(psf), "--model", str(model), "--iterations", "1", "-q",
+                 "--dtype", "float32", "-o", str(out)]) == 0
+    with tifffile.TiffFile(out) as t:
+        assert t.is_ome and t.series[0].axes == "ZYX"
+        xml = t.ome_metadata
+        res = t.asarray()
+    assert 'PhysicalSizeX="0.1"' in xml and 'PhysicalSizeZ="0.3"' in xml
+    # the PSF's nm were read as such: resampled from 0.15 × 0.05 × 0.05 µm to the image's grid
+    expected = deblur(data, fine, "auto", model=str(model), iterations=1, spacing=(0.3, 0.1, 0.1),
+                      psf_spacing=(0.15, 0.05, 0.05))
+    np.testing.assert_allclose(res, expected, rtol=1e-4, atol=1e-2)
+
+
+def test_channels_of_a_volume_to_ome_zarr_with_one_psf(files, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    d, data, _, _, _, _, model = files
+    psf = widefield_psf_3d((3, 11, 11), (0.3, 0.1, 0.1), 1.2, 0.52, 1.333)  # kz = 3 = the channel count
+    psf_file = tmp_path / "psf.npy"
+    np.save(psf_file, psf)
+    czyx = np.stack([data, data[:, ::-1], data[:, :, ::-1]])
+    ome = tmp_path / "in.ome.tif"
+    tifffile.imwrite(ome, czyx, metadata={"axes": "CZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
+                                          "PhysicalSizeZ": 0.3, "Channel": {"Name": ["DAPI", "GFP", "RFP"]}})
+    out = tmp_path / "out.zarr"
+    assert main(["deblur", str(ome), "-k", str(psf_file), "--model", str(model), "--iterations", "1", "-q",
+                 "--channel-axis", "0", "--noise", "0.01", "-o", str(out)]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    ms = g.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.3, 0.1, 0.1]
+    assert [c["label"] for c in g.attrs["ome"]["omero"]["channels"]] == ["DAPI", "GFP", "RFP"]
+    res = np.asarray(g["0"])
+    for c in range(3):  # every channel deconvolved volumetrically with the one PSF
+        expected = deblur(czyx[c], psf, 0.01, model=str(model), iterations=1)
+        np.testing.assert_allclose(res[c], expected.astype(res.dtype), rtol=1e-4, atol=1.0)

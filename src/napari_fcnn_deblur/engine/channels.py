@@ -36,9 +36,21 @@ def per_channel(value, n: int, what: str, is_single) -> list:
     return values
 
 
-def channel_kernels(kernel, n: int) -> list:
-    """One 2D kernel for every channel, or one per channel (a list of n kernels or an (n, kh, kw) array)."""
-    return per_channel(kernel, n, "kernel", lambda k: not isinstance(k, (list, tuple)) and np.ndim(k) == 2)
+def channel_kernels(kernel, n: int, channel_ndim: int = 2) -> list:
+    """The kernel of each of ``n`` channels whose images have ``channel_ndim`` axes.
+
+    One kernel for every channel: a 2D kernel, or — when the channel images have 3 axes or more
+    ((Z, Y, X) volumes) — one 3D PSF ``(kz, ky, kx)``.  Otherwise one per channel: a list of n kernels
+    (2D or 3D), or for 2D channel images an ``(n, kh, kw)`` array.  A 3D array on volume channels is
+    always one PSF, never n stacked 2D kernels (those go as a list), so a PSF whose kz happens to equal
+    the channel count is not cut into planes.
+    """
+    def single(k) -> bool:
+        if isinstance(k, (list, tuple)):
+            return False
+        return np.ndim(k) == 2 or (np.ndim(k) == 3 and channel_ndim >= 3)
+
+    return per_channel(kernel, n, "kernel", single)
 
 
 def channel_noise_levels(noise_level, n: int, image_shape: tuple[int, ...] | None = None,
