@@ -117,3 +117,14 @@ def test_volume_errors(image, kernel, kw, message):
     kw.setdefault("model", soft_volume_cascade())
     with pytest.raises(ValueError, match=message):
         deblur(image, kernel, 0.01, **kw)
+
+
+def test_the_default_noise_is_auto_for_a_3d_psf_and_one_percent_for_2d(case, camera_case, known_model_file):
+    y, psf, _, vc = case
+    np.testing.assert_array_equal(deblur(y, psf, model=vc, device="cpu", iterations=1),
+                                  deblur(y, psf, "auto", model=vc, device="cpu", iterations=1))
+    first = next(deblur_stages(y, psf, model=vc, device="cpu", iterations=1))
+    assert first.noise.estimated
+    blurry, k, _ = camera_case
+    np.testing.assert_array_equal(deblur(blurry, k, model=known_model_file, iterations=1),
+                                  deblur(blurry, k, 0.01, model=known_model_file, iterations=1))

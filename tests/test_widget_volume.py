@@ -344,3 +344,19 @@ def test_cancel_stops_a_volume_run(make_napari_viewer, qtbot, stack, volume_mode
     assert viewer.layers["cells stage 0"].data.shape == stack["data"].shape
     assert any(sev == "info" and "cancelled" in m for sev, m in notes()), notes()
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_a_psf_layer_without_voxel_size_is_taken_on_the_image_grid_and_said_so(make_napari_viewer, qtbot, stack,
+                                                                              volume_model, notes):
+    viewer, widget = volume_viewer(make_napari_viewer, stack, volume_model)
+    viewer.layers.remove("psf")
+    viewer.add_image(stack["psf"].copy(), name="plain psf")  # scale 1, no unit: no voxel size stated
+    widget.kernel_layer.value = viewer.layers["plain psf"]
+    widget.scope.value = WHOLE_LAYER
+    widget.iterations.value = 1
+    run_and_wait(qtbot, widget, 120_000)
+    said = [m for sev, m in notes() if sev == "info" and "states no voxel size" in m]
+    assert said and "taken on the image's voxel grid of 0.3 × 0.1 × 0.1 µm" in said[0], notes()
+    out = viewer.layers["cells stage 1"]
+    expected = deblur(stack["data"], stack["psf"], "auto", 1, "cpu", volume_model)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-5, atol=1e-3)

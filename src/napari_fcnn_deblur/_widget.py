@@ -672,7 +672,8 @@ def _sizes(values, unit: str | None = None) -> str:
 def _psf_grid(image: Image, kernel: Image) -> tuple[tuple | None, tuple | None, str]:
     """(spacing, psf_spacing, in words) to put a 3D PSF layer on a volume layer's voxel grid.
 
-    A PSF layer with scale 1 (and no length unit) is taken on the image's grid, like a 2D kernel; one with the
+    A PSF layer with scale 1 (and no length unit) is taken on the image's grid, like a 2D kernel (said in words
+    when the image has a voxel size: never silently); one with the
     image's voxel size is used as it is; one with another voxel size is resampled by the engine from its
     voxel size to the image's (``spacing``, ``psf_spacing``).  ``ValueError`` (a message for people) when the
     two voxel sizes cannot be related: the image states none, or only one of them has a length unit.
@@ -680,7 +681,11 @@ def _psf_grid(image: Image, kernel: Image) -> tuple[tuple | None, tuple | None, 
     ks, k_unit = _voxel_size(kernel)
     im, i_unit = _voxel_size(image)
     if k_unit is None and np.allclose(ks, 1.0):
-        return None, None, ""
+        if i_unit is None and np.allclose(im, 1.0):
+            return None, None, ""
+        return None, None, (f"states no voxel size (layer scale 1) and is taken on the image's voxel grid of "
+                            f"{_sizes(im, i_unit or '(no unit)')}; if it was recorded at another voxel size, set "
+                            "its layer scale to that size to have it resampled")
     if k_unit == i_unit and np.allclose(ks, im, rtol=1e-3):
         return None, None, ""
     fix = "or set the PSF layer's scale to 1 if it is already sampled like the image"

@@ -33,6 +33,13 @@ def is_volume_kernel(kernel) -> bool:
     return len(shape) == 3 and shape[0] > 1
 
 
+def default_noise_level(kernel):
+    """``noise_level=None``: ``"auto"`` for a 3D PSF (camera z-stacks, the CLI's and the widget's default too),
+    0.01 (1 % Gaussian noise) for 2D kernels (a list of per-channel kernels: "auto" if any is 3D)."""
+    kernels = kernel if isinstance(kernel, (list, tuple)) else [kernel]
+    return "auto" if any(is_volume_kernel(k) for k in kernels) else 0.01
+
+
 def _planar_kernel(kernel, spacing, psf_spacing):
     """A 2D kernel resampled from ``psf_spacing`` to ``spacing`` when both are given (pixel sizes (dy, dx))."""
     if spacing is None and psf_spacing is None:
@@ -44,7 +51,7 @@ def _planar_kernel(kernel, spacing, psf_spacing):
 def deblur(
     image,
     kernel,
-    noise_level: NoiseLike = 0.01,
+    noise_level: NoiseLike | None = None,
     iterations: int | None = None,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
@@ -70,10 +77,13 @@ def deblur(
         padded to odd sizes (see :func:`~.engine.kernels.prepare_kernel`).  A 3D
         PSF (kz > 1) selects volumetric deconvolution with the shipped volume
         cascade (:mod:`.engine.volume`; ``model`` then names a volume cascade);
-        use ``noise_level="auto"`` for camera z-stacks.
-    noise_level : float, "auto" or array
+        its noise is estimated by default (``noise_level="auto"``).
+    noise_level : None, float, "auto" or array
         The noise, always on the [0, 1] intensity scale the image is mapped to
         (see ``intensity_range``):
+
+        - None (default): "auto" with a 3D PSF, 0.01 with a 2D kernel
+          (:func:`default_noise_level`);
 
         - a number: Gaussian noise s.d. (0.01 = 1 %);
         - "auto": estimated from the image (:func:`~.engine.noise.estimate_noise`):
@@ -155,6 +165,8 @@ def deblur(
         import numpy as np
 
         image = np.asarray(image)
+    if noise_level is None:
+        noise_level = default_noise_level(kernel)
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, len(image.shape))
         n = image.shape[axis]
@@ -190,7 +202,7 @@ def deblur(
 def deblur_stages(
     image,
     kernel,
-    noise_level: NoiseLike = 0.01,
+    noise_level: NoiseLike | None = None,
     iterations: int | None = None,
     device: "str | torch.device" = "auto",
     model: ModelLike = None,
@@ -215,6 +227,8 @@ def deblur_stages(
     import numpy as np
 
     a = np.asarray(image)
+    if noise_level is None:
+        noise_level = default_noise_level(kernel)
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, a.ndim)
         n = a.shape[axis]

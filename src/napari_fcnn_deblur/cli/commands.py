@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import deblur, deblur_stages, is_volume_kernel
+from ..api import deblur, deblur_stages, default_noise_level, is_volume_kernel
 from ..data.psf import KERNEL_PREPS, prepare_psf
 from ..engine.intensity import intensity_scaling
 from ..engine.layout import PlaneLayout
@@ -250,8 +250,7 @@ def _volume_spacing(args, src: Path, zin, kernel, ndim: int) -> tuple:
 def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None) -> "DeblurRun | VolumeRun":
     """The run for one input (eager or dask), with the noise estimate reported when it was asked for."""
     if is_volume_kernel(kernel):
-        noise = "auto" if args.noise is None else args.noise
-        run = VolumeRun.prepare(image, kernel, noise, args.iterations, args.device, args.model, args.intensity_range,
+        run = VolumeRun.prepare(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model, args.intensity_range,
                                 args.precision, spacing, psf_spacing, args.tile_size)
     else:
         run = DeblurRun.prepare(image, kernel, _noise(args), args.iterations, args.device, args.model,
@@ -261,11 +260,11 @@ def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None
 
 
 def _noise(args, kernel=None):
-    """--noise as given; its default: 'auto' for a 3D PSF (camera z-stacks), 0.01 otherwise."""
+    """--noise as given; its default the API's (:func:`~napari_fcnn_deblur.api.default_noise_level`): 'auto' for
+    a 3D PSF (camera z-stacks), 0.01 otherwise."""
     if args.noise is not None:
         return args.noise
-    k = kernel[0] if isinstance(kernel, list) else kernel
-    return "auto" if k is not None and is_volume_kernel(k) else 0.01
+    return 0.01 if kernel is None else default_noise_level(kernel)
 
 
 def _progress_callback(bar):
@@ -650,8 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kernel-prep", choices=KERNEL_PREPS, default="auto",
                    help="measured: subtract the PSF's background (median of its border), recentre it on its "
                         "centroid, crop it to 99.9 %% of its mass, normalise (as psf.load_psf); raw: use the file as "
-                        "it is; auto (default): 'measured' for a 2D kernel with a background or negative values, 'raw' "
-                        "for computed kernels (zero border: used unchanged) and 3D PSFs")
+                        "it is; auto (default): 'measured' for a kernel or 3D bead stack with a background, an offset, "
+                        "camera counts or negative values (3D: background, noise floor and centroid as "
+                        "psf3d.prepare_measured_psf_3d), 'raw' for computed kernels (zero border: used unchanged)")
     d.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels: each deblurred on its own (own kernel with several -k, "
                         "own noise estimate and intensity map); default: (Y, X, 3|4) is RGB(A), anything else a stack")

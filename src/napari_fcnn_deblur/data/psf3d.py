@@ -212,7 +212,8 @@ def _psfmodels(shape, spacing, na, wavelength, n, model, kwargs) -> np.ndarray:
     try:
         import psfmodels
     except ImportError as e:
-        raise ImportError(f"model={model!r} needs the optional package psfmodels: pip install psfmodels") from e
+        raise ImportError(f"model={model!r} needs the optional package psfmodels: pip install psfmodels "
+                          "(or pip install 'napari-fcnn-deblur[psfmodels]')") from e
     nz, ny, nx = shape
     dz, dy, dx = spacing
     if not np.isclose(dy, dx):
@@ -250,7 +251,7 @@ def widefield_psf_3d(shape: Sequence[int] | None, spacing: Sequence[float], na: 
         ``"born-wolf"`` (default): the scalar integral of the module docstring, numpy/scipy only.
         ``"gibson-lanni"`` / ``"vectorial"``: the scalar Gibson–Lanni [2]_ or the vectorial model of
         Aguet et al. (Opt. Express 17(8), 2009) via the optional package ``psfmodels``
-        (``psfmodels.make_psf``; ``pip install psfmodels``), square pixels only.
+        (``psfmodels.make_psf``; ``pip install 'napari-fcnn-deblur[psfmodels]'``), square pixels only.
     supersample : int ≥ 1
         Lateral sub-samples per pixel and axis (the intensity is averaged over each pixel's area).
     energy, max_shape
