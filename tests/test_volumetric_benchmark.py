@@ -51,6 +51,7 @@ def test_model_rows_are_keyed_by_the_model_file(tmp_path, monkeypatch):
     assert c["widefield|100|0"]["ours"][key0] != c["widefield|100|0"]["ours"][key1]
     text = vb.report(c, 1, cands[1])
     assert key1 in text and "| widefield | 100 |" in text and "| confocal | 100 |" in text
+    assert "(balance " in text  # the 3D Wiener column, its oracle balance
     # a model without rows gives no rows (never another model's numbers)
     other = save_cascade(VolumeCascade.fresh_networks(shipped, 4, seed=2), tmp_path / "cand2.safetensors")
     assert "| widefield | 100 |" not in vb.report(c, 1, other)
@@ -126,3 +127,13 @@ def test_gpu_rows_are_reported_or_said_to_be_missing(monkeypatch):
     assert "GPU, 100 × 1024 × 1024" in text and "H200" in text
     assert "| fp32 | 9.5 | 4.2 | 3.00 | 26.50 / 0.840 |" in text
     assert "| bf16 | 9.5 | 2.0 | 3.00 | 26.50 / 0.840 |" in text
+
+
+def test_3d_wiener_at_its_best_balance_beats_the_blurry_stack():
+    vb = _load()
+    psf = vb.psfs()["widefield"]
+    stack, sharp = vb.case(3, "widefield", 300.0, psf, (20, 48, 48))
+    sweep = vb.wiener_sweep(stack, psf, 300.0, sharp)
+    assert set(sweep) == set(vb.WIENER_BALANCES)
+    blurry = vb.scores((stack - vb.OFFSET) / 300.0, sharp)[0]
+    assert max(v[0] for v in sweep.values()) > blurry + 1.0
