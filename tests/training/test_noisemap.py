@@ -243,3 +243,28 @@ def test_a_deeper_cascade_grows_from_a_committed_file(tmp_path):
     with pytest.raises(ValueError, match="at most 1 stages"):
         train_noisemap(*args, tmp_path / "c", replace(cfg, n_stages=1, stage_minutes=(0.0,)), dev,
                        models_dir=MODELS, init_from=start)
+
+
+def test_a_bf16_training_step_follows_the_fp32_one():
+    """The networks in bf16 autocast (channels_last): the end-to-end loss and every network's gradient agree with
+    fp32 (the weights, the optimiser and the FFT steps stay fp32; bf16 only rounds the convolutions)."""
+    from napari_fcnn_deblur.training.stagewise import training_arithmetic
+
+    torch.manual_seed(0)
+    cascade = NoiseMapCascade(2, width=8)
+    y, sd, k, x = NoiseMapSource(_images(), NMConfig(patch=24), "t").batch(0, 2)
+    target = x[:, 15:-15, 15:-15]
+    losses, grads = {}, {}
+    for prec in ("fp32", "bf16"):
+        arith = training_arithmetic(prec, torch.device("cpu"))
+        cascade.zero_grad()
+        out = None
+        for out in cascade.run(y, k, sd, **arith.run_args()):
+            pass
+        loss = finetune_loss(out.image, target, "l1")
+        loss.backward()
+        losses[prec] = float(loss)
+        grads[prec] = torch.cat([p.grad.flatten() for p in cascade.denoisers.parameters()])
+        assert torch.isfinite(grads[prec]).all() and grads[prec].abs().sum() > 0
+    assert abs(losses["bf16"] / losses["fp32"] - 1) < 0.02
+    assert torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0) > 0.95

@@ -173,3 +173,16 @@ def test_finetune_minimises_the_chosen_loss(tmp_path):
     with pytest.raises(ValueError, match="finetune_loss"):
         finetune_end_to_end(cascade, src, TrainConfig(finetune_steps=1, finetune_loss="huber"), tmp_path / "h.pt",
                             torch.device("cpu"), logs.append)
+
+
+def test_training_arithmetic_follows_the_precision():
+    from napari_fcnn_deblur.engine.devices import check_precision
+    from napari_fcnn_deblur.training.stagewise import Arithmetic, training_arithmetic
+
+    cpu = torch.device("cpu")
+    assert training_arithmetic("fp32", cpu) == Arithmetic(False, None)
+    assert training_arithmetic("bf16", cpu) == Arithmetic(True, torch.bfloat16)
+    native = check_precision("auto", cpu) is not None  # bf16 only where the CPU computes it natively
+    assert training_arithmetic("auto", cpu) == (Arithmetic(True, torch.bfloat16) if native else Arithmetic())
+    with pytest.raises(ValueError, match="precision"):
+        training_arithmetic("fp16", cpu)

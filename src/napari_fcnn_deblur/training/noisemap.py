@@ -75,6 +75,7 @@ from .stagewise import (
     sharp_target,
     stage_inputs,
     stage_training_pair,
+    training_arithmetic,
     valid_blur,
 )
 
@@ -112,6 +113,8 @@ class NMConfig:
     p_motion: float = 0.7
     # boundary refills per stage (core.solver.refill_boundary), trained with and saved in the model's metadata
     refills: int = 0
+    # arithmetic of the networks in training (stagewise.training_arithmetic): auto = bf16 where native
+    precision: str = "auto"
     # validation
     val_images: int = 4
     val_kernels: int = 4
@@ -317,14 +320,15 @@ def train_stage(cascade: NoiseMapCascade, stage: int, source: NoiseMapSource, cf
                 log, stop: StopControl) -> None:
     """Train stage ``stage``'s FCNN (eq. 7) within its wall-clock budget, resuming from ``ckpt``."""
     net = cascade.denoisers[stage - 1]
-    match_memory_format(net, torch.contiguous_format)
+    arith = training_arithmetic(cfg.precision, device)
+    arith.prepare(net)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     m = RECEPTIVE_RADIUS
 
     def loss(b):
         y, sd, k, x = b
         inp, tgt = stage_batch(cascade, stage, y, sd, k, x, source.patch)
-        return (net(inp)[:, 0, m:-m, m:-m] - tgt).abs().mean()
+        return (arith.apply(net, inp)[:, 0, m:-m, m:-m] - tgt).abs().mean()
 
     def lr(step, steps):
         for pg in opt.param_groups:
@@ -363,8 +367,9 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
     ``target`` maps a batch's sharp tensor to the final image's target (default: the crop under the
     blurry patch, :func:`~.stagewise.sharp_target`); the volume cascade's samples are already aligned.
     """
+    arith = training_arithmetic(cfg.precision, device)
     for den in cascade.denoisers:
-        match_memory_format(den, torch.contiguous_format)
+        arith.prepare(den)
     opt = torch.optim.Adam([
         {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
         {"params": [cascade.gamma_coeffs], "lr": cfg.coeff_lr},
@@ -378,7 +383,7 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
     def loss(b):
         y, sd, k, x = b
         out = None
-        for out in cascade.run(y, k, sd, channels_last=False):
+        for out in cascade.run(y, k, sd, **arith.run_args()):
             pass
         return finetune_loss(out.image, target(x), kind)
 
@@ -452,7 +457,7 @@ def validate_noisemap(cascade: NoiseMapCascade, val, device) -> dict:
                     sums[o.stage] += sum(_psnr(o.image.cpu(), gt))
                 n += len(y)
             res[name] = [round(float(v), 3) for v in sums / n]
-    for den in cascade.denoisers:  # training feeds contiguous tensors
+    for den in cascade.denoisers:  # as training found them (each phase sets its arithmetic's format)
         match_memory_format(den, torch.contiguous_format)
     return res
 
@@ -570,7 +575,8 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                 lg(f"note: config differs from the first start's ({cfg_path}); checkpoints keep their step counts")
         else:
             cfg_path.write_text(json.dumps(asdict(cfg), indent=1))
-        lg(f"start: device {device}, {torch.get_num_threads()} threads, pid {os.getpid()}")
+        lg(f"start: device {device}, {torch.get_num_threads()} threads, pid {os.getpid()}, networks in "
+           f"{training_arithmetic(cfg.precision, device).describe()} (precision {cfg.precision})")
         images = load_image_folder(train_dir)
         val = make_validation_set(load_image_folder(val_dir), load_kernel_folder(kernel_dir), cfg)
         val_path, base_path = out_dir / "val.json", out_dir / "val_baseline.json"
@@ -712,6 +718,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", type=int, default=None)
     p.add_argument("--finetune-loss", choices=tuple(FINETUNE_LOSSES), default=None,
                    help="end-to-end loss: l1 (default) or log-mse (every sample weighted by its dB, not its error)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="arithmetic of the networks in training: auto (default) = bf16 autocast with channels_last "
+                        "where the device computes bf16 natively (AMX / AVX-512 BF16 CPUs, recent GPUs), else fp32")
     p.add_argument("--refills", type=int, default=None,
                    help="boundary refills per stage to train with (default 0: edge taper only; kept in the model)")
     p.add_argument("--tiny", action="store_true",
@@ -740,7 +749,7 @@ def config_from_args(args) -> NMConfig:
         upd["stage_minutes"] = tuple(float(v) for v in args.minutes_stage.split(","))
     if args.minutes_finetune is not None:
         upd["finetune_minutes"] = args.minutes_finetune
-    for name in ("workers", "seed", "patch", "batch", "val_images", "refills", "finetune_loss"):
+    for name in ("workers", "seed", "patch", "batch", "val_images", "refills", "finetune_loss", "precision"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
     if args.stages is not None:

@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.cascade import Cascade
-from ..core.denoiser import RECEPTIVE_RADIUS, match_memory_format, network_inputs, plane_views
+from ..core.denoiser import RECEPTIVE_RADIUS, apply_network, match_memory_format, network_inputs, plane_views
 from ..core.spectral import image_gradients
 from ..data.motion_kernels import embed_centered, random_motion_kernel
+from ..engine.devices import check_precision
 from ..io.models import load_cascade, save_cascade
 
 #: Starting γ schedules (initial deconvolution + 3 stages): the data weight
@@ -325,6 +326,41 @@ def sharp_target(x_big: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a trainer runs its networks: memory format and autocast dtype (the weights, the optimiser and every
+    FFT step stay fp32).  :func:`training_arithmetic` picks it."""
+
+    channels_last: bool = False
+    autocast_dtype: torch.dtype | None = None
+
+    def describe(self) -> str:
+        return "bf16 autocast, channels_last" if self.autocast_dtype is not None else "fp32, contiguous"
+
+    def run_args(self) -> dict:
+        """Keyword arguments of a cascade's ``run`` for this arithmetic."""
+        return {"channels_last": self.channels_last, "autocast_dtype": self.autocast_dtype}
+
+    def apply(self, net: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+        """``net(t)`` in this arithmetic, fp32 out (:func:`~napari_fcnn_deblur.core.denoiser.apply_network`)."""
+        return apply_network(net, t, self.channels_last, self.autocast_dtype)
+
+    def prepare(self, module: torch.nn.Module) -> None:
+        """Store ``module``'s 4D weights in this arithmetic's memory format (values unchanged)."""
+        match_memory_format(module, torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def training_arithmetic(precision: str, device: torch.device) -> Arithmetic:
+    """The arithmetic for ``precision`` ("auto", "fp32" or "bf16", as inference's
+    :func:`~napari_fcnn_deblur.engine.devices.check_precision`): bf16 with channels_last where the device
+    computes bf16 natively, else fp32 contiguous.  Measured for one width-64 FCNN, forward + backward of 12
+    gradient patches of 126² px, one thread of a CPU with AMX: fp32 contiguous 4.2 s, fp32 channels_last 2.7 s,
+    bf16 contiguous 1.8 s, bf16 channels_last 0.57 s; without native bf16 autocast training is 8–30× slower, so
+    "auto" keeps fp32 contiguous there."""
+    dtype = check_precision(precision, device)
+    return Arithmetic(channels_last=dtype is not None, autocast_dtype=dtype)
 
 
 def cosine_lr(step: int, total: int, hi: float, lo: float) -> float:

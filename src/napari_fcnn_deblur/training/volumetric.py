@@ -60,7 +60,6 @@ from ..core.denoiser import (
     as_plane_batch,
     direction_networks,
     direction_view,
-    match_memory_format,
     network_input,
 )
 from ..core.spectral import image_gradients
@@ -83,7 +82,7 @@ from .noisemap import (
     write_record,
 )
 from .noisemap import finetune as finetune_cascade
-from .stagewise import RunLog, cosine_lr, stage_inputs
+from .stagewise import Arithmetic, RunLog, cosine_lr, stage_inputs, training_arithmetic
 
 #: Every training PSF is cut to this centred (Z, Y, X) box (odd) and renormalised.
 PSF_BOX: tuple[int, int, int] = (15, 21, 21)
@@ -107,6 +106,7 @@ class VolConfig:
     lr_final: float = 1e-5
     finetune_lr: float = 3e-5
     finetune_loss: str = "l1"  # or "log-mse" (training.noisemap.FINETUNE_LOSSES)
+    precision: str = "auto"  # arithmetic of the networks in training (stagewise.training_arithmetic)
     coeff_lr: float = 0.01
     stage_minutes: tuple[float, ...] = (20.0, 20.0, 20.0)
     finetune_minutes: float = 30.0
@@ -234,8 +234,9 @@ def _direction_crops(geometry, m: int) -> list[tuple[slice, ...]]:
     ]
 
 
-def stage_loss(cascade: VolumeCascade, stage: int, batch) -> torch.Tensor:
-    """Eq. 7 for a volume stage: L1 between the denoised and the sharp gradients over the image region."""
+def stage_loss(cascade: VolumeCascade, stage: int, batch, arith: Arithmetic = Arithmetic()) -> torch.Tensor:
+    """Eq. 7 for a volume stage: L1 between the denoised and the sharp gradients over the image region
+    (the networks in ``arith``)."""
     y, sd, k, x = batch
     problem, xp = stage_inputs(cascade, stage, y, k, noise_map=sd)
     g, m = problem.geometry, RECEPTIVE_RADIUS
@@ -248,7 +249,7 @@ def stage_loss(cascade: VolumeCascade, stage: int, batch) -> torch.Tensor:
     for d, crop in enumerate(_direction_crops(g, m)):
         view = network_input(direction_view(grads[d][crop], d), [direction_view(cond[crop], d)])
         shape = (view.shape[0],) + tuple(view.shape[2:])
-        out = direction_view(nets[d](as_plane_batch(view))[:, 0].reshape(shape), d)  # (N, Z, Y, X) of the crop
+        out = direction_view(arith.apply(nets[d], as_plane_batch(view))[:, 0].reshape(shape), d)  # (N, Z, Y, X)
         inner = tuple(slice(None) if (s.start == r.start and s.stop == r.stop) else slice(m, -m)
                       for s, r in zip(crop[1:], reg[1:]))
         total = total + (out[(slice(None),) + inner] - sharp_grads[d][reg]).abs().mean()
@@ -258,14 +259,15 @@ def stage_loss(cascade: VolumeCascade, stage: int, batch) -> torch.Tensor:
 def train_stage(cascade: VolumeCascade, stage: int, source: VolumeSource, cfg: VolConfig, ckpt: Path, device, log,
                 stop: StopControl) -> None:
     pair = cascade.denoisers[stage - 1]
-    match_memory_format(pair, torch.contiguous_format)
+    arith = training_arithmetic(cfg.precision, device)
+    arith.prepare(pair)
     opt = torch.optim.Adam(pair.parameters(), lr=cfg.lr)
 
     def lr(step, steps):
         for pg in opt.param_groups:
             pg["lr"] = cosine_lr(step, steps, cfg.lr, cfg.lr_final)
 
-    run_phase(Phase(f"volume stage {stage}", pair, "net", opt, lambda b: stage_loss(cascade, stage, b), lr,
+    run_phase(Phase(f"volume stage {stage}", pair, "net", opt, lambda b: stage_loss(cascade, stage, b, arith), lr,
                     cfg.batch, cfg.stage_steps, 60.0 * cfg.stage_minutes[stage - 1], warm=2, span=5),
               source, cfg, ckpt, device, log, stop)
 
@@ -345,7 +347,8 @@ def train_volume(out_dir, cfg: VolConfig, device: torch.device, init_from, log=p
         cfg_path = out_dir / "config.json"
         if not cfg_path.is_file():
             cfg_path.write_text(json.dumps(asdict(cfg), indent=1))
-        lg(f"start: device {device}, {torch.get_num_threads()} threads, pid {os.getpid()}")
+        lg(f"start: device {device}, {torch.get_num_threads()} threads, pid {os.getpid()}, networks in "
+           f"{training_arithmetic(cfg.precision, device).describe()} (precision {cfg.precision})")
         init = load_cascade(init_from)
         if isinstance(init, VolumeCascade):
             cascade = init
@@ -438,6 +441,9 @@ def main(argv=None) -> int:
                         "rest of the padded frame (default: keep --init-from's; the networks then skip the frame)")
     p.add_argument("--finetune-loss", choices=tuple(FINETUNE_LOSSES), default=None,
                    help="end-to-end loss: l1 (default) or log-mse (every volume weighted by its dB, not its error)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="arithmetic of the networks in training: auto (default) = bf16 autocast with channels_last "
+                        "where the device computes bf16 natively, else fp32")
     p.add_argument("--snapshot", action="store_true",
                    help="write and validate the fine-tuning checkpoint of --out as a model file, then exit "
                         "(the run resumes as before)")
@@ -464,6 +470,8 @@ def main(argv=None) -> int:
         upd["network_margin"] = check_network_margin(args.network_margin)
     if args.finetune_loss is not None:
         upd["finetune_loss"] = args.finetune_loss
+    if args.precision is not None:
+        upd["precision"] = args.precision
     if args.stages is not None:
         upd.update(stage_count(args.stages, cfg.stage_minutes if args.minutes_stage is None else None))
     cfg = replace(cfg, **upd)
