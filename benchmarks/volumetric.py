@@ -185,8 +185,8 @@ def run(cache_path: Path, n_volumes: int, log=print, volume_model: Path | None =
                 for name in ("ours", "2d"):  # results of an earlier layout, without their model's key
                     if not isinstance(rec.get(name), dict):
                         rec.pop(name, None)
-                if (ours_key in rec.get("ours", {}) and planar_key in rec.get("2d", {}) and "rl" in rec
-                        and "wiener" in rec):
+                wiener_done = set(rec.get("wiener", {})) == {f"{b:g}" for b in WIENER_BALANCES}
+                if ours_key in rec.get("ours", {}) and planar_key in rec.get("2d", {}) and "rl" in rec and wiener_done:
                     continue
                 stack, sharp = case(i, kind, photons, psf)
                 rec["blurry"] = scores((stack - OFFSET) / photons, sharp)
@@ -200,7 +200,7 @@ def run(cache_path: Path, n_volumes: int, log=print, volume_model: Path | None =
                     rec["2d"][planar_key] = (*scores((planes - OFFSET) / photons, sharp), time.perf_counter() - t)
                 if "rl" not in rec:
                     rec["rl"] = {str(k): v for k, v in rl_sweep(stack, psf, photons, sharp).items()}
-                if "wiener" not in rec:
+                if not wiener_done:  # none yet, or measured over other balances
                     rec["wiener"] = {f"{b:g}": v for b, v in wiener_sweep(stack, psf, photons, sharp).items()}
                 cache[key] = rec
                 save()
@@ -236,8 +236,9 @@ def report(cache: dict, n_volumes: int, volume_model: Path | None = None) -> str
             }
             summary[(kind, photons)] = (m, best_it)
             wiener_cell = "—"
-            if all("wiener" in r for r in recs):
-                mean_w = {b: np.mean([r["wiener"][b][0] for r in recs]) for b in recs[0]["wiener"]}
+            balances = set.intersection(*(set(r.get("wiener", {})) for r in recs))
+            if balances:
+                mean_w = {b: np.mean([r["wiener"][b][0] for r in recs]) for b in sorted(balances, key=float)}
                 best_b = max(mean_w, key=mean_w.get)  # oracle, as RL's count
                 w = np.mean([r["wiener"][best_b] for r in recs], axis=0)
                 m["wiener"] = w

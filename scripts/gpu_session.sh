@@ -9,7 +9,8 @@
 #                                                  stage-wise for MINUTES/2, default 8 in all), then all end to end
 #   scripts/gpu_session.sh volume OUT [MINUTES]    end-to-end fine-tuning of the shipped volume cascade (default 6 min)
 #   scripts/gpu_session.sh volume-deeper OUT [MINUTES]  one more stage for the volume cascade, as noisemap-deeper
-# LOSS (default log-mse) is the end-to-end loss of every fine-tuning here (l1 or log-mse).
+# LOSS (default log-mse) is the end-to-end loss of every fine-tuning here (l1 or log-mse); TRAIN_PRECISION (default
+# fp32) the arithmetic of the networks in training.
 #   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
 #                                                  noise-map rows of every condition of issue 14; starts from
 #                                                  benchmarks/results/quality_cache.json (committed), writes
@@ -35,6 +36,9 @@ CLI=("$PY" -m napari_fcnn_deblur.cli)
 DEVICE="${DEVICE:-cuda}"
 PRESET="${PRESET:-gpu}"  # PRESET=tiny DEVICE=cpu: a smoke test of the plumbing on any machine
 LOSS="${LOSS:-log-mse}"
+# arithmetic of the networks in training: fp32 (TF32 convolutions) until bf16 training is measured on a GPU;
+# TRAIN_PRECISION=auto or bf16 trains in bf16 autocast (3-4x faster than fp32 on AMX CPUs)
+TRAIN_PRECISION="${TRAIN_PRECISION:-fp32}"
 NM_MODEL=src/napari_fcnn_deblur/models/noisemap_cascade.safetensors
 VOL_MODEL=src/napari_fcnn_deblur/models/volume_cascade.safetensors
 # stage count / boundary refills of a model file
@@ -45,7 +49,7 @@ case "$WHAT" in
     "${CLI[@]}" train-noisemap --preset "$PRESET" --device "$DEVICE" --data "$SHARED/data/train/train400" \
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
       --init-from "$NM_MODEL" --start-at finetune --stages "$(model_attr "$NM_MODEL" n_stages)" \
-      --minutes-finetune "$MIN" --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" \
+      --minutes-finetune "$MIN" --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
       2>&1 | tee -a "$OUT/noisemap.log"
     ;;
   noisemap-deeper)
@@ -56,13 +60,13 @@ case "$WHAT" in
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap-deeper" \
       --init-from "$NM_MODEL" --stages "$N" --start-at "stage$N" \
       --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
-      --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
+      --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
     ;;
   volume)
     MIN="${1:-6}"
     "$PY" -m napari_fcnn_deblur.training.volumetric --preset "$PRESET" --device "$DEVICE" --out "$OUT/volume" \
       --init-from "$VOL_MODEL" --start-at finetune --stages "$(model_attr "$VOL_MODEL" n_stages)" \
-      --width "$(model_attr "$VOL_MODEL" width)" --minutes-finetune "$MIN" --finetune-loss "$LOSS" \
+      --width "$(model_attr "$VOL_MODEL" width)" --minutes-finetune "$MIN" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
       2>&1 | tee -a "$OUT/volume.log"
     ;;
   volume-deeper)
@@ -72,7 +76,7 @@ case "$WHAT" in
     "$PY" -m napari_fcnn_deblur.training.volumetric --preset "$PRESET" --device "$DEVICE" --out "$OUT/volume-deeper" \
       --init-from "$VOL_MODEL" --stages "$N" --start-at "stage$N" --width "$(model_attr "$VOL_MODEL" width)" \
       --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
-      --finetune-loss "$LOSS" 2>&1 | tee -a "$OUT/volume-deeper.log"
+      --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" 2>&1 | tee -a "$OUT/volume-deeper.log"
     ;;
   quality)
     CACHE="benchmarks/results/quality_cache.json"
@@ -89,6 +93,7 @@ case "$WHAT" in
     "$PY" benchmarks/speed.py --out "$OUT/benchmarks.md" 2>&1 | tee -a "$OUT/speed.log"
     ;;
   volume-speed)  # issue 13's GPU row: a 100 × 1024 × 1024 volume, fp32 and bf16 (copy OUT/volume_scale.json back)
+    if [ "$DEVICE" = cpu ]; then echo "volume-speed measures a GPU (DEVICE=cuda or cuda:N)" >&2; exit 2; fi
     cp benchmarks/results/volume_scale.json "$OUT/volume_scale.json"
     cp docs/benchmarks.md "$OUT/benchmarks.md"
     "$PY" benchmarks/volume_scale.py --device "$DEVICE" --cache "$OUT/volume_scale.json" --out "$OUT/benchmarks.md" \

@@ -57,9 +57,8 @@ def test_dask_chunks_holding_several_volumes_become_one_task_per_volume(case):
 
 
 @pytest.mark.parametrize("axis", [0, 1])
-def test_one_3d_psf_serves_every_channel_even_when_kz_equals_the_channel_count(case, axis):
-    y, _, _, vc = case
-    psf = widefield_psf_3d((3, 11, 11), (0.3, 0.1, 0.1), 1.2, 0.52, 1.333)  # kz = 3 = the channel count
+def test_one_3d_psf_serves_every_channel_of_a_volume(case, axis):
+    y, psf, _, vc = case  # psf: 7 planes, 3 channels
     channels = [y, 0.5 * y, y[:, ::-1]]
     stack = np.stack(channels, axis=axis)
     out = deblur(stack, psf, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
@@ -67,10 +66,26 @@ def test_one_3d_psf_serves_every_channel_even_when_kz_equals_the_channel_count(c
     for c, ch in enumerate(channels):
         np.testing.assert_allclose(np.take(out, c, axis=axis),
                                    deblur(ch, psf, 0.01, model=vc, device="cpu", iterations=1), rtol=1e-5, atol=1e-6)
-    per = deblur(stack, [psf] * 3, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
-    np.testing.assert_array_equal(per, out)
+    np.testing.assert_array_equal(deblur(stack, [psf] * 3, 0.01, model=vc, device="cpu", iterations=1,
+                                         channel_axis=axis), out)
     stages = list(deblur_stages(stack, psf, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis))
     np.testing.assert_array_equal(stages[-1].image, out)
+    # as many PSF planes as channels: one PSF, or one 2D kernel per channel? Never guessed: the list says which
+    psf3 = widefield_psf_3d((3, 11, 11), (0.3, 0.1, 0.1), 1.2, 0.52, 1.333)
+    with pytest.raises(ValueError, match=r"\[psf\] \* 3 for the one PSF, or list\(kernels\)"):
+        deblur(stack, psf3, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
+    one = deblur(stack, [psf3] * 3, 0.01, model=vc, device="cpu", iterations=1, channel_axis=axis)
+    np.testing.assert_allclose(np.take(one, 1, axis=axis),
+                               deblur(channels[1], psf3, 0.01, model=vc, device="cpu", iterations=1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_2d_channel_images_keep_stacked_kernels_and_their_1_percent_default(camera_case, known_model_file):
+    blurry, k, _ = camera_case
+    k2 = np.rot90(k)
+    cyx = np.stack([blurry, blurry[::-1]])
+    out = deblur(cyx, np.stack([k, k2]), model=known_model_file, channel_axis=0, iterations=1)
+    np.testing.assert_array_equal(out[1], deblur(blurry[::-1], k2, 0.01, model=known_model_file, iterations=1))
 
 
 def test_dask_volumes_too_large_for_one_tile_stay_one_task_with_networks_in_tiles(case):

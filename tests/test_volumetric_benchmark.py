@@ -120,13 +120,15 @@ def test_gpu_rows_are_reported_or_said_to_be_missing(monkeypatch):
     import volume_scale as vs
 
     assert "GPU (100 × 1024 × 1024): not measured yet" in vs.report({})
-    row = {"first_sec": 9.5, "second_sec": 4.25, "gpu_peak": 3 * 2**30, "scores": [26.5, 0.84], "gpu_name": "H200"}
-    gpu = {"shape": [100, 1024, 1024], "device": "cuda", "model": {"file": "v.safetensors"},
-           "run": {"date": "2026-12-01"}, "blurry": [22.0, 0.4], "rows": {"fp32": row, "bf16": {**row, "second_sec": 2.0}}}
+    row = {"first_sec": 9.5, "second_sec": 4.25, "gpu_peak": 3 * 2**30, "psnr": 26.5, "gpu_name": "H200"}
+    gpu = {"shape": [100, 1024, 1024], "stages": 3, "device": "cuda", "model": {"file": "v.safetensors"},
+           "run": {"date": "2026-12-01"}, "blurry_psnr": 22.0,
+           "rows": {"fp32": row, "bf16": {**row, "second_sec": 2.0}}}
     text = vs.report({"gpu": gpu})
-    assert "GPU, 100 × 1024 × 1024" in text and "H200" in text
-    assert "| fp32 | 9.5 | 4.2 | 3.00 | 26.50 / 0.840 |" in text
-    assert "| bf16 | 9.5 | 2.0 | 3.00 | 26.50 / 0.840 |" in text
+    assert "GPU, 100 × 1024 × 1024" in text and "H200" in text and "3 stages" in text
+    assert "| fp32 | 9.5 | 4.2 | 3.00 | 26.50 |" in text
+    assert "| bf16 | 9.5 | 2.0 | 3.00 | 26.50 |" in text
+    assert "| blurry | | | | 22.00 |" in text
 
 
 def test_3d_wiener_at_its_best_balance_beats_the_blurry_stack():

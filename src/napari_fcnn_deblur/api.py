@@ -34,10 +34,17 @@ def is_volume_kernel(kernel) -> bool:
 
 
 def default_noise_level(kernel):
-    """``noise_level=None``: ``"auto"`` for a 3D PSF (camera z-stacks, the CLI's and the widget's default too),
-    0.01 (1 % Gaussian noise) for 2D kernels (a list of per-channel kernels: "auto" if any is 3D)."""
-    kernels = kernel if isinstance(kernel, (list, tuple)) else [kernel]
-    return "auto" if any(is_volume_kernel(k) for k in kernels) else 0.01
+    """``noise_level=None`` for one image and its ``kernel``: ``"auto"`` for a 3D PSF (camera z-stacks, the
+    CLI's and the widget's default too), 0.01 (1 % Gaussian noise) for a 2D kernel.  With ``channel_axis`` each
+    channel's own kernel decides (after :func:`~.engine.channels.channel_kernels` split them)."""
+    return "auto" if is_volume_kernel(kernel) else 0.01
+
+
+def _channel_levels(noise_level, kernels: list, shape, axis: int) -> list:
+    """Each channel's noise level: its own default (:func:`default_noise_level` of its kernel) for None."""
+    if noise_level is None:
+        return [default_noise_level(k) for k in kernels]
+    return channel_noise_levels(noise_level, len(kernels), shape, axis)
 
 
 def _planar_kernel(kernel, spacing, psf_spacing):
@@ -134,8 +141,9 @@ def deblur(
         ``kernel`` is a list of C kernels or, for 2D channel images, a (C, kh, kw) array
         (``noise_level`` may also be a list of C values).  None applies the default rule
         ((Y, X, 3|4) is RGB(A), see :mod:`.engine.layout`).  Volumes ((C, Z, Y, X), (Z, C, Y, X)):
-        one 3D PSF for every channel, or a list of C PSFs (one per emission wavelength)
-        (:func:`~.engine.channels.channel_kernels`).
+        one 3D PSF for every channel, or a list of C PSFs (one per emission wavelength); a 3D
+        array with as many planes as there are channels is ambiguous there and must be given as a
+        list (:func:`~.engine.channels.channel_kernels`).
     spacing, psf_spacing : sequences of float or None
         Pixel/voxel sizes ((dz,) dy, dx, one unit) of the image and of the PSF: a PSF recorded
         at another size is resampled to the image's grid (:func:`~.engine.kernels.kernel_on_grid`).
@@ -165,13 +173,11 @@ def deblur(
         import numpy as np
 
         image = np.asarray(image)
-    if noise_level is None:
-        noise_level = default_noise_level(kernel)
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, len(image.shape))
         n = image.shape[axis]
         kernels = channel_kernels(kernel, n, len(image.shape) - 1)
-        levels = channel_noise_levels(noise_level, n, image.shape, axis)
+        levels = _channel_levels(noise_level, kernels, image.shape, axis)
         outs = [deblur(channel_view(image, axis, c), kernels[c], levels[c], iterations, device, model, tile_size,
                        intensity_range, precision, spacing=spacing, psf_spacing=psf_spacing) for c in range(n)]
         if is_dask(image):
@@ -181,6 +187,8 @@ def deblur(
         import numpy as np
 
         return np.stack(outs, axis=axis)
+    if noise_level is None:
+        noise_level = default_noise_level(kernel)
     if is_volume_kernel(kernel):
         vrun = VolumeRun.prepare(image, kernel, noise_level, iterations, device, model, intensity_range, precision,
                                  spacing, psf_spacing, tile_size)
@@ -227,18 +235,18 @@ def deblur_stages(
     import numpy as np
 
     a = np.asarray(image)
-    if noise_level is None:
-        noise_level = default_noise_level(kernel)
     if channel_axis is not None:
         axis = check_channel_axis(channel_axis, a.ndim)
         n = a.shape[axis]
         kernels = channel_kernels(kernel, n, a.ndim - 1)
-        levels = channel_noise_levels(noise_level, n, a.shape, axis)
+        levels = _channel_levels(noise_level, kernels, a.shape, axis)
         runs = [_stage_run(channel_view(a, axis, c), kernels[c], levels[c], iterations, device, model,
                            intensity_range, precision, spacing, psf_spacing) for c in range(n)]
         if len({r.iterations for r in runs}) != 1:
             raise ValueError(f"the channels' models have different stage counts {[r.iterations for r in runs]}")
         return _stacked_stages([_stages(r, channel_view(a, axis, c)) for c, r in enumerate(runs)], axis)
+    if noise_level is None:
+        noise_level = default_noise_level(kernel)
     run = _stage_run(a, kernel, noise_level, iterations, device, model, intensity_range, precision, spacing, psf_spacing)
     return _stages(run, a)
 

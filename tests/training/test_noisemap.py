@@ -116,9 +116,10 @@ def test_stage_training_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path
 
 
 @pytest.mark.skipif(not (DATA / "train" / "train400").is_dir(), reason="shared training data not present")
-def test_tiny_run_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tiny_run_checkpoints_and_resumes_to_the_same_weights(tmp_path, precision):
     cfg = replace(NMConfig.preset("tiny"), width=8, patch=16, val_size=32, stage_steps=2, finetune_steps=1,
-                  val_conditions=(("gauss", 0.03), ("pg", 60.0, 0.005)))
+                  val_conditions=(("gauss", 0.03), ("pg", 60.0, 0.005)), precision=precision)
     args = (DATA / "train" / "train400", DATA / "val" / "set12", DATA / "kernels" / "levin")
     dev, logs = torch.device("cpu"), []
     with pytest.raises(Interrupted):

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..api import deblur, deblur_stages, default_noise_level, is_volume_kernel
 from ..data.psf import KERNEL_PREPS, prepare_psf
+from ..engine.channels import check_channel_axis
 from ..engine.intensity import intensity_scaling
 from ..engine.layout import PlaneLayout
 from ..engine.run import DeblurRun, Progress
@@ -261,10 +262,21 @@ def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None
 
 def _noise(args, kernel=None):
     """--noise as given; its default the API's (:func:`~napari_fcnn_deblur.api.default_noise_level`): 'auto' for
-    a 3D PSF (camera z-stacks), 0.01 otherwise."""
+    a 3D PSF (camera z-stacks), 0.01 otherwise — with --channel-axis (a list of kernels) None, so that the API
+    decides for each channel by its own kernel."""
     if args.noise is not None:
         return args.noise
+    if isinstance(kernel, list):
+        return None
     return 0.01 if kernel is None else default_noise_level(kernel)
+
+
+def _channel_kernels(args, kernel, shape) -> "np.ndarray | list":
+    """With --channel-axis one -k file is the kernel of every channel, said as a list (a 3D array alone could
+    also read as stacked per-channel 2D kernels: :func:`~napari_fcnn_deblur.engine.channels.channel_kernels`)."""
+    if args.channel_axis is None or isinstance(kernel, list):
+        return kernel
+    return [kernel] * shape[check_channel_axis(args.channel_axis, len(shape))]
 
 
 def _progress_callback(bar):
@@ -283,6 +295,7 @@ def _deblur_one(args, src: Path, dst: Path, kernel: np.ndarray) -> None:
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), image)
     spacing, psf_spacing = _volume_spacing(args, src, zin, kernel, image.ndim)
     if args.channel_axis is not None:  # each channel its own image (kernel, noise, intensity map)
+        kernel = _channel_kernels(args, kernel, image.shape)
         result = deblur(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model, args.tile_size,
                         args.intensity_range, precision=args.precision, channel_axis=args.channel_axis,
                         spacing=spacing, psf_spacing=psf_spacing)
@@ -341,6 +354,7 @@ def _deblur_one_lazy(args, src: Path, dst: Path, kernel: np.ndarray, client) -> 
     _check_dtype_fits(dst, _default_dtype(dst, args.dtype), np.zeros(0, like_dtype))
     spacing, psf_spacing = _volume_spacing(args, src, zin, kernel, lazy_in.ndim)
     if args.channel_axis is not None or spacing is not None or is_volume_kernel(kernel):
+        kernel = _channel_kernels(args, kernel, lazy_in.shape)
         result = deblur(lazy_in, kernel, _noise(args, kernel), args.iterations, args.device, args.model,
                         args.tile_size, args.intensity_range, precision=args.precision, channel_axis=args.channel_axis,
                         spacing=spacing, psf_spacing=psf_spacing)
@@ -415,6 +429,7 @@ def _deblur_with_stages(args, image_path: Path, out: Path, kernel: np.ndarray) -
     _check_dtype_fits(out, dtype, image)
     # checked and the model loaded first: the stage count (default: all of the model's) names the files
     if args.channel_axis is not None:
+        kernel = _channel_kernels(args, kernel, image.shape)
         stages = deblur_stages(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model,
                                intensity_range=args.intensity_range, precision=args.precision,
                                channel_axis=args.channel_axis)

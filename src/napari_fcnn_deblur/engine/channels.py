@@ -39,18 +39,22 @@ def per_channel(value, n: int, what: str, is_single) -> list:
 def channel_kernels(kernel, n: int, channel_ndim: int = 2) -> list:
     """The kernel of each of ``n`` channels whose images have ``channel_ndim`` axes.
 
-    One kernel for every channel: a 2D kernel, or — when the channel images have 3 axes or more
-    ((Z, Y, X) volumes) — one 3D PSF ``(kz, ky, kx)``.  Otherwise one per channel: a list of n kernels
-    (2D or 3D), or for 2D channel images an ``(n, kh, kw)`` array.  A 3D array on volume channels is
-    always one PSF, never n stacked 2D kernels (those go as a list), so a PSF whose kz happens to equal
-    the channel count is not cut into planes.
+    - a list of n kernels (2D or 3D): one per channel;
+    - a 2D kernel: the same for every channel;
+    - a 3D array ``(k0, kh, kw)``: for 2D channel images ``n`` stacked 2D kernels (k0 = n); for channel
+      images of 3 axes or more ((Z, Y, X) volumes, (T, Y, X) stacks) one 3D PSF for every channel — unless
+      k0 = n, where both readings fit: that is a ``ValueError`` asking for the list form
+      (``[psf] * n`` for one PSF, ``list(kernels)`` for per-channel 2D kernels), never a guess.
     """
-    def single(k) -> bool:
-        if isinstance(k, (list, tuple)):
-            return False
-        return np.ndim(k) == 2 or (np.ndim(k) == 3 and channel_ndim >= 3)
-
-    return per_channel(kernel, n, "kernel", single)
+    if not isinstance(kernel, (list, tuple)) and np.ndim(kernel) == 3 and channel_ndim >= 3:
+        if np.shape(kernel)[0] == n:
+            raise ValueError(
+                f"the kernel has shape {np.shape(kernel)} and the image {n} channels of {channel_ndim} axes each: "
+                f"it could be one 3D PSF for every channel or {n} stacked 2D kernels, one per channel. Give a "
+                f"list: [psf] * {n} for the one PSF, or list(kernels) for one 2D kernel per channel"
+            )
+        return [kernel] * n
+    return per_channel(kernel, n, "kernel", lambda k: not isinstance(k, (list, tuple)) and np.ndim(k) == 2)
 
 
 def channel_noise_levels(noise_level, n: int, image_shape: tuple[int, ...] | None = None,

@@ -54,7 +54,7 @@ from ..core.conditioned import (
     effective_sigma,
     fit_gamma_coeffs,
 )
-from ..core.denoiser import RECEPTIVE_RADIUS, GradientDenoiser, match_memory_format
+from ..core.denoiser import RECEPTIVE_RADIUS, GradientDenoiser
 from ..data.motion_kernels import embed_centered, random_motion_kernel
 from ..data.psf import random_psf
 from ..data.samples import poisson_gaussian_noise
@@ -132,7 +132,7 @@ class NMConfig:
         if name == "tiny":  # a few steps of everything: tests and smoke runs
             return cls(patch=24, batch=2, finetune_batch=2, stage_minutes=(0.0, 0.0, 0.0), finetune_minutes=0.0,
                        stage_steps=3, finetune_steps=2, checkpoint_minutes=0.0, workers=0, log_every=1,
-                       val_images=1, val_kernels=1, val_size=40)
+                       val_images=1, val_kernels=1, val_size=40, precision="fp32")  # the same on every machine
         raise ValueError(f"unknown preset {name!r} (cpu, gpu, tiny)")
 
 
@@ -457,9 +457,7 @@ def validate_noisemap(cascade: NoiseMapCascade, val, device) -> dict:
                     sums[o.stage] += sum(_psnr(o.image.cpu(), gt))
                 n += len(y)
             res[name] = [round(float(v), 3) for v in sums / n]
-    for den in cascade.denoisers:  # as training found them (each phase sets its arithmetic's format)
-        match_memory_format(den, torch.contiguous_format)
-    return res
+    return res  # the weights stay channels_last: each training phase sets its arithmetic's format
 
 
 def shipped_cascades(models_dir: Path) -> dict:

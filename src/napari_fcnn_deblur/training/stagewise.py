@@ -358,7 +358,9 @@ def training_arithmetic(precision: str, device: torch.device) -> Arithmetic:
     computes bf16 natively, else fp32 contiguous.  Measured for one width-64 FCNN, forward + backward of 12
     gradient patches of 126² px, one thread of a CPU with AMX: fp32 contiguous 4.2 s, fp32 channels_last 2.7 s,
     bf16 contiguous 1.8 s, bf16 channels_last 0.57 s; without native bf16 autocast training is 8–30× slower, so
-    "auto" keeps fp32 contiguous there."""
+    "auto" keeps fp32 there, contiguous: on those CPUs (the 2-core machines of sessions 1–13) channels_last
+    trained slower than contiguous, though on the AMX CPU it was faster.  "auto" follows the environment
+    variable :data:`~napari_fcnn_deblur.engine.devices.PRECISION_ENV` as inference does."""
     dtype = check_precision(precision, device)
     return Arithmetic(channels_last=dtype is not None, autocast_dtype=dtype)
 

@@ -132,7 +132,8 @@ class VolConfig:
                        finetune_minutes=4.0, workers=8, checkpoint_minutes=1.0, log_every=25, val_volumes=4)
         if name == "tiny":
             return cls(width=8, patch=(4, 12, 12), batch=1, stage_steps=2, finetune_steps=2, stage_minutes=(0, 0, 0),
-                       finetune_minutes=0, val_volumes=1, val_shape=(6, 16, 16), val_photons=(100.0,), log_every=1)
+                       finetune_minutes=0, val_volumes=1, val_shape=(6, 16, 16), val_photons=(100.0,), log_every=1,
+                       precision="fp32")  # the same on every machine
         return cls()
 
 
