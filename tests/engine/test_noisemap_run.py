@@ -146,7 +146,8 @@ def test_a_callers_noise_map_is_never_aliased_and_read_only_maps_run_quietly():
         out_stack = deblur(np.stack([blurry, blurry]), k, noise_level=frozen, **kw)  # one plane's map, 2 planes
     out = deblur(blurry, k, noise_level=sd, **kw)
     np.testing.assert_array_equal(out_frozen, out)
-    np.testing.assert_array_equal(out_stack[1], out)
+    # a batch of two planes may take other oneDNN kernels than one plane (seen on an AMX CPU: 7e-7 apart)
+    np.testing.assert_allclose(out_stack[1], out, rtol=0, atol=1e-5)
     run = DeblurRun.prepare(blurry, k, noise_level=sd, **kw)
     assert not np.shares_memory(run.noise.sd_map, sd)
     np.testing.assert_array_equal(sd, np.float32(0.03))
