@@ -251,8 +251,8 @@ def _volume_spacing(args, src: Path, zin, kernel, ndim: int) -> tuple:
 def _prepare_run(args, image, kernel: np.ndarray, spacing=None, psf_spacing=None) -> "DeblurRun | VolumeRun":
     """The run for one input (eager or dask), with the noise estimate reported when it was asked for."""
     if is_volume_kernel(kernel):
-        run = VolumeRun.prepare(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model, args.intensity_range,
-                                args.precision, spacing, psf_spacing, args.tile_size)
+        run = VolumeRun.prepare(image, kernel, _noise(args, kernel), args.iterations, args.device, args.model,
+                                args.intensity_range, args.precision, spacing, psf_spacing, args.tile_size)
     else:
         run = DeblurRun.prepare(image, kernel, _noise(args), args.iterations, args.device, args.model,
                                 args.tile_size, args.intensity_range, precision=args.precision)

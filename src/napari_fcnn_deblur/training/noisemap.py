@@ -321,7 +321,6 @@ def train_stage(cascade: NoiseMapCascade, stage: int, source: NoiseMapSource, cf
     """Train stage ``stage``'s FCNN (eq. 7) within its wall-clock budget, resuming from ``ckpt``."""
     net = cascade.denoisers[stage - 1]
     arith = training_arithmetic(cfg.precision, device)
-    arith.prepare(net)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     m = RECEPTIVE_RADIUS
 
@@ -368,8 +367,6 @@ def finetune(cascade: NoiseMapCascade, source, cfg, ckpt: Path, device, log, sto
     blurry patch, :func:`~.stagewise.sharp_target`); the volume cascade's samples are already aligned.
     """
     arith = training_arithmetic(cfg.precision, device)
-    for den in cascade.denoisers:
-        arith.prepare(den)
     opt = torch.optim.Adam([
         {"params": list(cascade.denoisers.parameters()), "lr": cfg.finetune_lr},
         {"params": [cascade.gamma_coeffs], "lr": cfg.coeff_lr},
@@ -457,7 +454,7 @@ def validate_noisemap(cascade: NoiseMapCascade, val, device) -> dict:
                     sums[o.stage] += sum(_psnr(o.image.cpu(), gt))
                 n += len(y)
             res[name] = [round(float(v), 3) for v in sums / n]
-    return res  # the weights stay channels_last: each training phase sets its arithmetic's format
+    return res  # weights left channels_last: the networks' calls put them in their input's format
 
 
 def shipped_cascades(models_dir: Path) -> dict:

@@ -344,12 +344,9 @@ class Arithmetic:
         return {"channels_last": self.channels_last, "autocast_dtype": self.autocast_dtype}
 
     def apply(self, net: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
-        """``net(t)`` in this arithmetic, fp32 out (:func:`~napari_fcnn_deblur.core.denoiser.apply_network`)."""
+        """``net(t)`` in this arithmetic, fp32 out (:func:`~napari_fcnn_deblur.core.denoiser.apply_network`, which
+        also puts the weights in the input's memory format, in place: the optimiser keeps the same parameters)."""
         return apply_network(net, t, self.channels_last, self.autocast_dtype)
-
-    def prepare(self, module: torch.nn.Module) -> None:
-        """Store ``module``'s 4D weights in this arithmetic's memory format (values unchanged)."""
-        match_memory_format(module, torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def training_arithmetic(precision: str, device: torch.device) -> Arithmetic:

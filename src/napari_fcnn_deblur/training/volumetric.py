@@ -261,7 +261,6 @@ def train_stage(cascade: VolumeCascade, stage: int, source: VolumeSource, cfg: V
                 stop: StopControl) -> None:
     pair = cascade.denoisers[stage - 1]
     arith = training_arithmetic(cfg.precision, device)
-    arith.prepare(pair)
     opt = torch.optim.Adam(pair.parameters(), lr=cfg.lr)
 
     def lr(step, steps):
