@@ -54,7 +54,7 @@ def test_noisemap_cascade_is_shipped_with_its_default_table():
     from napari_fcnn_deblur.core.conditioned import NoiseMapCascade
 
     c = load_cascade(noisemap_model_path())
-    assert isinstance(c, NoiseMapCascade) and c.n_stages == 4 and c.width == 64 and c.refills == 20
+    assert isinstance(c, NoiseMapCascade) and c.n_stages == 5 and c.width == 64 and c.refills == 20
     table = default_rule()
     assert table is not None and table["measured_by"] == "benchmarks/default_model.py"
     assert {0.01, 0.03, 0.05, 0.10} <= set(table["sigma"])
