@@ -101,7 +101,7 @@ def test_models_lists_every_shipped_cascade(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     for title, fmt, stages, width in [
-            ("noise-map cascade (the default; model='noisemap')", "napari-fcnn-deblur-noisemap/1", 4, 64),
+            ("noise-map cascade (the default; model='noisemap')", "napari-fcnn-deblur-noisemap/1", 5, 64),
             ("per-level cascade 1 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
             ("per-level cascade 3 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
             ("per-level cascade 5 % (model='per-level')", "napari-fcnn-deblur-cascade/1", 3, 64),
