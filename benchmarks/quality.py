@@ -1038,8 +1038,10 @@ def report(args, images, families, conds, cache, models, tunings, tune_name, gri
                         "final stage, mean PSNR (dB)")
     out += ["### Targets (issue 14)", "",
             "Motion blur unless stated; final stage, mean PSNR. \"Best per-level cascade\": the higher of ours and "
-            "the authors' at the nearest level. Margins are paired: the mean difference over the cases both "
-            "methods have (equal to the difference of the means once both are complete). \"auto\": met when the "
+            "the authors' at the nearest level. Margin: how far the measured value is above (+) or below (−) what the "
+            "target asks, e.g. for \"≥ authors' + 0.5 dB\" the difference to the authors' minus 0.5 dB. Differences "
+            "are paired: the mean over the cases both methods have (equal to the difference of the means once both "
+            "are complete). \"auto\": met when the "
             "mean over the conditions of "
             f"PSNR(auto) − PSNR(true) is at least −{TARGET_AUTO_DB:g} dB.", "",
             "| Target | Condition | Measured (dB) | Margin | Verdict |", "|---|---|---|---:|---|"]
