@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +22,17 @@ os.environ["NAPARI_FCNN_DEBLUR_PRECISION"] = "fp32"
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference" / "fcnn-cvpr17-official"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module ``<name>_benchmark`` (registered in sys.modules: the
+    scripts' dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # Under pytest-xdist every worker is a process of its own: share the cores among them instead of each

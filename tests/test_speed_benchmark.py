@@ -3,27 +3,14 @@ refills), FLOPs that count what each runs, and a report section that replaces on
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from conftest import load_benchmark
 from napari_fcnn_deblur.io.models import NOISEMAP_MODEL, get_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_flops_count_the_network_and_the_refills():
-    sb = _load()
+    sb = load_benchmark("speed")
     base = sb.cascade_flops((64, 96), (9, 9), 3)
     assert sb.cascade_flops((64, 96), (9, 9), 3, macs_per_pixel=2 * sb.MACS_PER_PIXEL) > 1.9 * base
     assert sb.cascade_flops((64, 96), (9, 9), 3, refills=20) > base  # FFTs of the refills
@@ -32,7 +19,7 @@ def test_flops_count_the_network_and_the_refills():
 
 @pytest.mark.slow
 def test_rows_of_both_cascades(tmp_path, monkeypatch):
-    sb = _load()
+    sb = load_benchmark("speed")
     real = sb.matmul_ceiling
     monkeypatch.setattr(sb, "matmul_ceiling", lambda dev, dtype, n=256, repeats=1: real(dev, dtype, 256, 1))
     out = tmp_path / "benchmarks.md"

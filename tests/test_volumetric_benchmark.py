@@ -3,12 +3,11 @@ candidate model is measured again, Richardson–Lucy is not), and the report sho
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
 from napari_fcnn_deblur.core.volumetric import VolumeCascade
 from napari_fcnn_deblur.io.models import load_cascade, save_cascade, volume_model_path
 
@@ -16,11 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("volumetric_benchmark", ROOT / "benchmarks" / "volumetric.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("volumetric")
 
 
 @pytest.mark.slow

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 from skimage import data
 
+from conftest import load_benchmark
 from napari_fcnn_deblur.baselines import classical as bl
 from napari_fcnn_deblur.data.samples import blur_valid, gaussian_psf
 
@@ -190,11 +189,7 @@ def test_tune_baselines_picks_from_grid():
 
 
 def _load_quality_module():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("quality")
 
 
 def test_quality_benchmark_smoke(tmp_path):
