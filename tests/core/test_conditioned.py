@@ -7,6 +7,7 @@ import torch
 
 from napari_fcnn_deblur.core.cascade import Cascade
 from napari_fcnn_deblur.core.conditioned import (
+    GAMMA_FLOOR_KEY,
     NOISE_MAP_SCALE,
     SHIPPED_LEVELS,
     SIGMA_GAMMA_FLOOR,
@@ -73,6 +74,30 @@ def test_gamma_of_sigma_reproduces_the_shipped_schedules(shipped):
     torch.testing.assert_close(casc.gammas, shipped[0.03].gammas, rtol=1e-4, atol=0)
     assert set(casc.state_dict()) == {"gamma_coeffs"} | {f"denoisers.{s}.net.{j}.{p}" for s in range(3)
                                                           for j in (0, 2, 4, 6, 8, 10) for p in ("weight", "bias")}
+
+
+def test_gamma_floor_is_the_models_own_and_survives_saving(shipped, tmp_path):
+    from napari_fcnn_deblur.io.models import save_cascade
+
+    casc = NoiseMapCascade.from_plain_cascades(shipped)
+    assert casc.gamma_floor == SIGMA_GAMMA_FLOOR  # no key: every file trained before it was a setting
+    low, floor = torch.tensor([0.0025, 0.005]), torch.tensor([SIGMA_GAMMA_FLOOR])
+    torch.testing.assert_close(casc.gammas_at(low), casc.gammas_at(floor).expand(-1, 2))
+    before = casc.gammas_at(torch.tensor([0.02, 0.03, 0.05]))
+    casc.set_gamma_floor(0.0025, upper=0.05)
+    assert casc.metadata[GAMMA_FLOOR_KEY] == "0.0025" and casc.gamma_floor == 0.0025
+    g = casc.gammas_at(low)
+    assert bool((g[:, 0] != g[:, 1]).all())  # γ now follows σ below the old floor
+    # the refit follows the old curve where it was quadratic, as far as one quadratic over 0.25–5 % can
+    # (the old one was flat below 1 %): within a factor 1.5 there
+    torch.testing.assert_close(casc.gammas_at(torch.tensor([0.02, 0.03, 0.05])).log(), before.log(), rtol=0, atol=0.4)
+    back = load_cascade(save_cascade(casc, tmp_path / "floor.safetensors"))
+    assert back.gamma_floor == 0.0025
+    torch.testing.assert_close(back.gammas_at(low), g)
+    for bad in ("zero", 0.0, 1.5, -0.01):
+        casc.metadata[GAMMA_FLOOR_KEY] = bad
+        with pytest.raises(ValueError, match="γ floor"):
+            casc.gammas_at(0.03)
 
 
 def test_constant_map_at_3_percent_is_the_shipped_3_percent_cascade(shipped):

@@ -145,9 +145,10 @@ def test_cli_flags_and_tiny_shrinks_a_preset():
 
     args = build_parser().parse_args(["train-noisemap", "--data", "d", "--val", "v", "--val-kernels", "k",
                                       "--out", "o", "--preset", "gpu", "--tiny", "--minutes-stage", "1,2,3",
-                                      "--refills", "2"])
+                                      "--refills", "2", "--gamma-floor", "0.0025"])
     cfg = config_from_args(args)
     assert cfg.patch == 24 and cfg.workers == 8 and cfg.stage_minutes == (1.0, 2.0, 3.0) and cfg.refills == 2
+    assert cfg.gamma_floor == 0.0025 and NMConfig.preset("cpu").gamma_floor is None
     with pytest.raises(SystemExit):
         config_from_args(argparse.Namespace(**{**vars(args), "minutes_stage": "1,2"}))
 
@@ -161,17 +162,21 @@ def test_warm_start_from_a_committed_file_skips_the_done_phases(tmp_path):
     train_noisemap(*args, tmp_path / "a", cfg, dev, log=logs.append, models_dir=MODELS)
     start = tmp_path / "a" / "after_stage2.safetensors"
     logs.clear()
-    record = train_noisemap(*args, tmp_path / "b", replace(cfg, refills=2), dev, log=logs.append, models_dir=MODELS,
-                            init_from=start, start_at="stage3")
+    record = train_noisemap(*args, tmp_path / "b", replace(cfg, refills=2, gamma_floor=0.0025), dev,
+                            log=logs.append, models_dir=MODELS, init_from=start, start_at="stage3")
     assert set(record) == {"init_after_stage2", "stage3", "finetune"}
-    # trained with boundary refills, which the model keeps (the warm-start file had none)
+    # trained with boundary refills and a lower γ floor, which the model keeps (the warm-start file had neither)
     assert any("boundary refills per stage: 0 → 2" in m for m in logs)
-    assert load_cascade(tmp_path / "b" / "noisemap_cascade.safetensors").refills == 2
-    assert load_cascade(tmp_path / "a" / "noisemap_cascade.safetensors").refills == 0
+    assert any("γ(σ) floor: σ_eff 0.01 → 0.0025" in m for m in logs)
+    b, a = (load_cascade(tmp_path / d / "noisemap_cascade.safetensors") for d in "ba")
+    assert (b.refills, b.gamma_floor, a.refills, a.gamma_floor) == (2, 0.0025, 0, 0.01)
     assert not (tmp_path / "b" / "stage1.pt").exists() and (tmp_path / "b" / "stage3.pt").is_file()
-    warm = load_cascade(tmp_path / "b" / "after_init_after_stage2.safetensors")
-    for p, q in zip(warm.parameters(), load_cascade(start).parameters()):
+    warm, first = load_cascade(tmp_path / "b" / "after_init_after_stage2.safetensors"), load_cascade(start)
+    for p, q in zip(warm.denoisers.parameters(), first.denoisers.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # the γ(σ) coefficients were refitted for the new floor: the same curve where both are quadratic, up to the fit
+    sig = torch.tensor([0.03, 0.05])
+    torch.testing.assert_close(warm.gammas_at(sig).log(), first.gammas_at(sig).log(), rtol=0, atol=0.6)
     with pytest.raises(ValueError, match="start_at"):
         train_noisemap(*args, tmp_path / "c", cfg, dev, models_dir=MODELS, init_from=start, start_at="stage9")
 

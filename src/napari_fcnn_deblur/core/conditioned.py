@@ -5,7 +5,9 @@ besides the gradient, a second input channel :data:`NOISE_MAP_SCALE` × the nois
 (on the [0, 1] intensity scale), and the data weight γ of every deconvolution (eq. 6) is a smooth
 function of the plane's effective noise level::
 
-    log γ_i(σ) = c_i0 + c_i1 t + c_i2 t²,   t = ln(max(σ_eff, 0.01) / 0.03),   σ_eff = sqrt(mean(σ_map²))
+    log γ_i(σ) = c_i0 + c_i1 t + c_i2 t²,   t = ln(max(σ_eff, σ_floor) / 0.03),   σ_eff = sqrt(mean(σ_map²))
+
+with σ_floor = 0.01 (:data:`SIGMA_GAMMA_FLOOR`) unless the model says otherwise (:data:`GAMMA_FLOOR_KEY`).
 
 A per-pixel map covers signal-dependent (Poisson–Gaussian, photon-limited) noise as well as plain
 Gaussian noise (a constant map).
@@ -20,6 +22,7 @@ cascades' schedules, the FCNNs of one of them with the map channel's weights at 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +45,23 @@ SIGMA_REF: float = 0.03
 #: through the shipped 1/3/5 % schedules peaks near 1–2 % and extrapolates *down* below 1 % (cleaner
 #: data would be trusted less); holding the 1 % schedule there is what the nearest shipped cascade does.
 SIGMA_GAMMA_FLOOR: float = 0.01
+
+#: Metadata key of a cascade's own γ floor (a σ_eff, stored as text; every model file has carried it).  A cascade
+#: trained with another floor keeps it (``fcnn-deblur train-noisemap --gamma-floor``); without the key:
+#: :data:`SIGMA_GAMMA_FLOOR`.
+GAMMA_FLOOR_KEY: str = "sigma_gamma_floor"
+
+
+def check_gamma_floor(value) -> float:
+    """A γ floor: a σ_eff in (0, 1) (metadata strings such as "0.0025" accepted)."""
+    try:
+        floor = float(value)
+    except (TypeError, ValueError):
+        floor = float("nan")
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"the γ floor must be a noise s.d. in (0, 1) on the [0, 1] scale, got {value!r}")
+    return floor
+
 
 #: The per-level cascades the γ(σ) coefficients are fitted to.
 SHIPPED_LEVELS: tuple[float, ...] = (0.01, 0.03, 0.05)
@@ -146,8 +166,32 @@ class NoiseMapCascade(Cascade):
         """γ of every deconvolution for effective noise levels ``sigma_eff`` (N,) → (n_stages + 1, N)."""
         c = self.gamma_coeffs
         s = torch.as_tensor(sigma_eff, dtype=c.dtype, device=c.device).reshape(-1)
-        t = torch.log(s.clamp_min(SIGMA_GAMMA_FLOOR) / SIGMA_REF)
+        t = torch.log(s.clamp_min(self.gamma_floor) / SIGMA_REF)
         return torch.exp(c[:, :1] + c[:, 1:2] * t + c[:, 2:3] * t.square())
+
+    @property
+    def gamma_floor(self) -> float:
+        """The σ_eff below which γ(σ) is held constant: the metadata's :data:`GAMMA_FLOOR_KEY`, else
+        :data:`SIGMA_GAMMA_FLOOR` (every file trained before the key existed)."""
+        return check_gamma_floor(self.metadata.get(GAMMA_FLOOR_KEY, SIGMA_GAMMA_FLOOR))
+
+    def set_gamma_floor(self, floor: float, upper: float = 0.15, points: int = 64) -> None:
+        """Hold γ(σ) constant below ``floor`` from now on (:data:`GAMMA_FLOOR_KEY` in the metadata), with the
+        coefficients refitted (least squares in t over ``points`` log-spaced σ in [floor, upper]) to the
+        current γ(σ) there: a start for training with the new floor that is as close as a quadratic gets to
+        the model as it was."""
+        floor = check_gamma_floor(floor)
+        if not upper > floor:
+            raise ValueError(f"upper ({upper!r}) must be above the floor ({floor!r})")
+        with torch.no_grad():
+            c = self.gamma_coeffs
+            sig = torch.logspace(math.log10(floor), math.log10(upper), points, dtype=torch.float64)
+            target = self.gammas_at(sig).log().double()  # (n + 1, points), the current curve
+            t = torch.log(sig / SIGMA_REF)
+            basis = torch.stack([torch.ones_like(t), t, t.square()], dim=1)  # (points, 3)
+            coeffs = torch.linalg.lstsq(basis, target.T).solution.T  # (n + 1, 3)
+            c.copy_(coeffs.to(c.dtype))
+        self.metadata[GAMMA_FLOOR_KEY] = str(floor)
 
     @property
     def gammas(self) -> torch.Tensor:

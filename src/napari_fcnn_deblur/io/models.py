@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..core.cascade import Cascade
-from ..core.conditioned import NOISE_MAP_SCALE, SIGMA_GAMMA_FLOOR, SIGMA_REF, NoiseMapCascade
+from ..core.conditioned import GAMMA_FLOOR_KEY, NOISE_MAP_SCALE, SIGMA_REF, NoiseMapCascade
 from ..core.denoiser import AxialPair, GradientDenoiser
 from ..core.volumetric import VolumeCascade
 
@@ -44,7 +44,7 @@ NOISEMAP_FORMAT = "napari-fcnn-deblur-noisemap/1"
 VOLUME_FORMAT = "napari-fcnn-deblur-volume/1"
 
 #: Metadata entries a noise-map file's format owns (the rest is free-form provenance).
-_NOISEMAP_KEYS = ("format", "kind", "n_stages", "width", "noise_map_scale", "sigma_ref", "sigma_gamma_floor")
+_NOISEMAP_KEYS = ("format", "kind", "n_stages", "width", "noise_map_scale", "sigma_ref")  # + GAMMA_FLOOR_KEY: kept
 
 #: Noise levels (s.d. on [0, 1]) for which per-level cascades are shipped/trained.
 TRAINED_NOISE_LEVELS: tuple[float, ...] = (0.01, 0.03, 0.05)
@@ -97,7 +97,7 @@ def save_cascade(cascade: Cascade, path: str | os.PathLike) -> Path:
         meta.update(format=VOLUME_FORMAT if volume else NOISEMAP_FORMAT, kind="volume" if volume else "noisemap",
                     n_stages=str(cascade.n_stages), width=str(cascade.width),
                     noise_map_scale=str(NOISE_MAP_SCALE), sigma_ref=str(SIGMA_REF),
-                    sigma_gamma_floor=str(SIGMA_GAMMA_FLOOR))
+                    **{GAMMA_FLOOR_KEY: str(cascade.gamma_floor)})
     else:
         meta.update(format=FORMAT, n_stages=str(cascade.n_stages), noise_level=str(cascade.noise_level))
     tmp = path.with_name(path.name + ".tmp")

@@ -51,6 +51,7 @@ from ..core.conditioned import (
     NOISE_MAP_SCALE,
     SHIPPED_LEVELS,
     NoiseMapCascade,
+    check_gamma_floor,
     effective_sigma,
     fit_gamma_coeffs,
 )
@@ -113,6 +114,9 @@ class NMConfig:
     p_motion: float = 0.7
     # boundary refills per stage (core.solver.refill_boundary), trained with and saved in the model's metadata
     refills: int = 0
+    # σ_eff below which γ(σ) is held constant (core.conditioned.GAMMA_FLOOR_KEY), trained with and saved in the
+    # model's metadata; None keeps the start's (0.01 for every file before it was a setting)
+    gamma_floor: float | None = None
     # arithmetic of the networks in training (stagewise.training_arithmetic): auto = bf16 where native
     precision: str = "auto"
     # validation
@@ -598,6 +602,10 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
         if cfg.refills != cascade.refills:
             lg(f"boundary refills per stage: {cascade.refills} → {cfg.refills} (trained and saved with the model)")
             cascade.metadata[REFILLS_KEY] = str(cfg.refills)
+        if cfg.gamma_floor is not None and check_gamma_floor(cfg.gamma_floor) != cascade.gamma_floor:
+            lg(f"γ(σ) floor: σ_eff {cascade.gamma_floor:g} → {cfg.gamma_floor:g}, coefficients refitted to the "
+               f"start's γ(σ) above it (trained and saved with the model)")
+            cascade.set_gamma_floor(cfg.gamma_floor, upper=cfg.sigma_range[1])
 
         def checkpoint_phase(phase: str):
             save_cascade(cascade, out_dir / f"after_{phase}.safetensors")
@@ -606,7 +614,7 @@ def train_noisemap(train_dir, val_dir, kernel_dir, out_dir, cfg: NMConfig, devic
                 res = validate_noisemap(cascade, val, device)
                 record[phase] = {"noisemap_per_stage": res, "shipped": base,
                                  "gammas_at": {f"{s:g}": [round(v, 4) for v in cascade.gammas_at(s)[:, 0].tolist()]
-                                               for s in (0.0025, 0.01, 0.03, 0.05, 0.1, 0.15)},
+                                               for s in (0.0025, 0.005, 0.01, 0.015, 0.03, 0.05, 0.1, 0.15)},
                                  "validation_seconds": round(time.time() - t, 1)}
                 write_record(val_path, record)
                 lg(f"validation after {phase} ({time.time() - t:.0f} s): final PSNR (dB)\n" + _table(res, base))
@@ -718,6 +726,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "where the device computes bf16 natively (AMX / AVX-512 BF16 CPUs, recent GPUs), else fp32")
     p.add_argument("--refills", type=int, default=None,
                    help="boundary refills per stage to train with (default 0: edge taper only; kept in the model)")
+    p.add_argument("--gamma-floor", type=float, default=None,
+                   help="σ_eff below which γ(σ) is held constant (default: the start model's, 0.01 for the shipped "
+                        "files); trained with and kept in the model, e.g. 0.0025 = the bottom of the training range")
     p.add_argument("--tiny", action="store_true",
                    help="shrink the preset to a few steps of tiny patches (smoke test of e.g. --preset gpu on a CPU)")
     p.add_argument("--init-from", default=None,
@@ -744,7 +755,8 @@ def config_from_args(args) -> NMConfig:
         upd["stage_minutes"] = tuple(float(v) for v in args.minutes_stage.split(","))
     if args.minutes_finetune is not None:
         upd["finetune_minutes"] = args.minutes_finetune
-    for name in ("workers", "seed", "patch", "batch", "val_images", "refills", "finetune_loss", "precision"):
+    for name in ("workers", "seed", "patch", "batch", "val_images", "refills", "finetune_loss", "precision",
+                 "gamma_floor"):
         if getattr(args, name) is not None:
             upd[name] = getattr(args, name)
     if args.stages is not None:
