@@ -10,7 +10,8 @@
 #   scripts/gpu_session.sh volume OUT [MINUTES]    end-to-end fine-tuning of the shipped volume cascade (default 6 min)
 #   scripts/gpu_session.sh volume-deeper OUT [MINUTES]  one more stage for the volume cascade, as noisemap-deeper
 # LOSS (default log-mse) is the end-to-end loss of every fine-tuning here (l1 or log-mse); TRAIN_PRECISION (default
-# fp32) the arithmetic of the networks in training.
+# fp32) the arithmetic of the networks in training; GAMMA_FLOOR (default: the shipped file's own) the σ_eff below
+# which γ(σ) is held constant, e.g. GAMMA_FLOOR=0.0025 (docs/models.md: the 1 % under-regularisation).
 #   scripts/gpu_session.sh quality OUT [ARGS…]     benchmarks/quality.py with the cascades on the GPU (default: the
 #                                                  noise-map rows of every condition of issue 14; starts from
 #                                                  benchmarks/results/quality_cache.json (committed), writes
@@ -39,10 +40,12 @@ LOSS="${LOSS:-log-mse}"
 # arithmetic of the networks in training: fp32 (TF32 convolutions) until bf16 training is measured on a GPU;
 # TRAIN_PRECISION=auto or bf16 trains in bf16 autocast (3-4x faster than fp32 on AMX CPUs)
 TRAIN_PRECISION="${TRAIN_PRECISION:-fp32}"
+GAMMA_FLOOR="${GAMMA_FLOOR:-}"
 NM_MODEL=src/napari_fcnn_deblur/models/noisemap_cascade.safetensors
 VOL_MODEL=src/napari_fcnn_deblur/models/volume_cascade.safetensors
 # stage count / boundary refills of a model file
 model_attr() { "$PY" -c "from napari_fcnn_deblur.io.models import load_cascade; print(load_cascade('$1').$2)"; }
+[ -n "$GAMMA_FLOOR" ] || GAMMA_FLOOR="$(model_attr "$NM_MODEL" gamma_floor)"
 case "$WHAT" in
   noisemap)
     MIN="${1:-6}"
@@ -50,7 +53,7 @@ case "$WHAT" in
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
       --init-from "$NM_MODEL" --start-at finetune --stages "$(model_attr "$NM_MODEL" n_stages)" \
       --minutes-finetune "$MIN" --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
-      2>&1 | tee -a "$OUT/noisemap.log"
+      --gamma-floor "$GAMMA_FLOOR" 2>&1 | tee -a "$OUT/noisemap.log"
     ;;
   noisemap-deeper)
     MIN="${1:-8}"
@@ -60,7 +63,8 @@ case "$WHAT" in
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap-deeper" \
       --init-from "$NM_MODEL" --stages "$N" --start-at "stage$N" \
       --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
-      --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
+      --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
+      --gamma-floor "$GAMMA_FLOOR" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
     ;;
   volume)
     MIN="${1:-6}"
