@@ -195,7 +195,9 @@ def test_gui_thread_stays_responsive(setup, qtbot, monkeypatch):
         timer.stop()
     assert elapsed > 1.0  # four stages, each a progress item and a result, each at least 0.125 s
     gaps = np.diff([t0, *ticks])
-    assert len(ticks) >= 0.2 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
+    # a frozen GUI thread ticks not at all during the run; a free one on a machine loaded 2–3× (CI next to a
+    # training run measured 16 ticks in 2.1 s) still ticks at a tenth of the timer's rate
+    assert len(ticks) >= 0.1 * elapsed / 0.02, f"{len(ticks)} ticks in {elapsed:.2f} s"
     # a cascade on the GUI thread would freeze it for the whole run (> 1 s); adding the finished
     # layers may take a few hundred ms on a loaded machine (each one a gap), so only most gaps are bounded
     assert np.percentile(gaps, 90) < 0.5, f"90th percentile gap {np.percentile(gaps, 90):.2f} s"
