@@ -40,12 +40,13 @@ LOSS="${LOSS:-log-mse}"
 # arithmetic of the networks in training: fp32 (TF32 convolutions) until bf16 training is measured on a GPU;
 # TRAIN_PRECISION=auto or bf16 trains in bf16 autocast (3-4x faster than fp32 on AMX CPUs)
 TRAIN_PRECISION="${TRAIN_PRECISION:-fp32}"
-GAMMA_FLOOR="${GAMMA_FLOOR:-}"
+# --gamma-floor only when GAMMA_FLOOR is set (otherwise training keeps the start file's own floor)
+FLOOR_ARG=()
+[ -z "${GAMMA_FLOOR:-}" ] || FLOOR_ARG=(--gamma-floor "$GAMMA_FLOOR")
 NM_MODEL=src/napari_fcnn_deblur/models/noisemap_cascade.safetensors
 VOL_MODEL=src/napari_fcnn_deblur/models/volume_cascade.safetensors
 # stage count / boundary refills of a model file
 model_attr() { "$PY" -c "from napari_fcnn_deblur.io.models import load_cascade; print(load_cascade('$1').$2)"; }
-[ -n "$GAMMA_FLOOR" ] || GAMMA_FLOOR="$(model_attr "$NM_MODEL" gamma_floor)"
 case "$WHAT" in
   noisemap)
     MIN="${1:-6}"
@@ -53,7 +54,7 @@ case "$WHAT" in
       --val "$SHARED/data/val/set12" --val-kernels "$SHARED/data/kernels/levin" --out "$OUT/noisemap" \
       --init-from "$NM_MODEL" --start-at finetune --stages "$(model_attr "$NM_MODEL" n_stages)" \
       --minutes-finetune "$MIN" --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
-      --gamma-floor "$GAMMA_FLOOR" 2>&1 | tee -a "$OUT/noisemap.log"
+      ${FLOOR_ARG[@]+"${FLOOR_ARG[@]}"} 2>&1 | tee -a "$OUT/noisemap.log"
     ;;
   noisemap-deeper)
     MIN="${1:-8}"
@@ -64,7 +65,7 @@ case "$WHAT" in
       --init-from "$NM_MODEL" --stages "$N" --start-at "stage$N" \
       --minutes-stage "$("$PY" -c "print(','.join(['0'] * ($N - 1) + ['$HALF']))")" --minutes-finetune "$HALF" \
       --refills "$(model_attr "$NM_MODEL" refills)" --finetune-loss "$LOSS" --precision "$TRAIN_PRECISION" \
-      --gamma-floor "$GAMMA_FLOOR" 2>&1 | tee -a "$OUT/noisemap-deeper.log"
+      ${FLOOR_ARG[@]+"${FLOOR_ARG[@]}"} 2>&1 | tee -a "$OUT/noisemap-deeper.log"
     ;;
   volume)
     MIN="${1:-6}"
